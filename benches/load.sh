@@ -1,0 +1,459 @@
+#!/usr/bin/env bash
+# Load comparison on loopback: cutover vs HAProxy vs nginx vs the bare backend.
+#
+#   bash benches/load.sh                          # all targets, 3 rounds of 10 s each
+#   TARGETS="haproxy nginx direct" DURATION=3 ROUNDS=1 bash benches/load.sh
+#   CUTOVER_BIN=/tmp/before CUTOVER_BIN_B=/tmp/after bash benches/load.sh
+#
+# Knobs: MODE (route), TARGETS (subset of: cutover cutover-b haproxy nginx direct),
+# DURATION (s per wrk run), ROUNDS, CONNECTIONS, CUTOVER_BIN, CUTOVER_BIN_B,
+# SPLIT_CHECK (requests used to check the split before loading, 0 = skip), KEEP_TMP=1.
+# The table goes to stdout, progress to stderr: `bash benches/load.sh > result.txt`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+MODE=${MODE:-route}
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+SPLIT_CHECK=${SPLIT_CHECK:-200}
+READY_TIMEOUT=20
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-3600}
+
+# Paths given by the caller are relative to the caller's cwd; the default one to the repo.
+abspath() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+DEFAULT_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/cutover"
+CUTOVER_BIN=$(abspath "${CUTOVER_BIN:-$DEFAULT_BIN}")
+CUTOVER_BIN_B=${CUTOVER_BIN_B:+$(abspath "$CUTOVER_BIN_B")}
+
+LEGACY_PORT=18001
+NEW_PORT=18002
+declare -A PORT=([cutover]=18080 [cutover-b]=18081 [haproxy]=18082 [nginx]=18083 [direct]=$LEGACY_PORT)
+declare -A ADMIN_PORT=([cutover]=19901 [cutover-b]=19902)
+declare -A PID=()   # target -> the pid whose process tree we measure
+PIDS=()             # every server this script started; all killed on exit
+WRK_PID=""          # the wrk run in progress, if any
+WORK=""
+
+log() { printf '%s\n' "$*" >&2; }
+die() { log "load.sh: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+
+# A process and all its descendants: nginx workers would outlive a SIGKILLed master.
+tree_pids() {
+    local p=$1 c
+    echo "$p"
+    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
+}
+
+cleanup() {
+    local rc=$? p i all=()
+    if [[ -n $WRK_PID ]]; then kill "$WRK_PID" 2>/dev/null || true; fi
+    for p in "${PIDS[@]}"; do all+=($(tree_pids "$p")); done
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${all[@]}"; do
+        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    wait 2>/dev/null || true
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ $rc -ne 0 || ${KEEP_TMP:-0} == 1 ]]; then log "logs and configs kept in $WORK"
+        else rm -rf "$WORK"; fi
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- setup
+
+check_knobs() {
+    local k
+    for k in DURATION ROUNDS CONNECTIONS SPLIT_CHECK; do
+        [[ ${!k} =~ ^[0-9]+$ ]] || die "$k must be a whole number, got '${!k}'"
+    done
+    ((DURATION > 0 && ROUNDS > 0 && CONNECTIONS > 0)) || die "DURATION, ROUNDS and CONNECTIONS must be > 0"
+    case $MODE in
+        route) ;;
+        *) die "MODE=$MODE: only 'route' exists so far" ;;
+    esac
+}
+
+default_targets() {
+    echo "cutover ${CUTOVER_BIN_B:+cutover-b }haproxy nginx direct"
+}
+
+check_targets() {
+    local t
+    for t in $TARGETS; do
+        [[ -n ${PORT[$t]:-} ]] || die "unknown target '$t' (known: cutover cutover-b haproxy nginx direct)"
+    done
+    if wants cutover-b && [[ -z $CUTOVER_BIN_B ]]; then die "target cutover-b needs CUTOVER_BIN_B"; fi
+    return 0
+}
+
+wants() { [[ " $TARGETS " == *" $1 "* ]]; }
+
+# apt-get only what the chosen targets need, and only when it is missing.
+ensure_tools() {
+    local pkgs=()
+    command -v nginx >/dev/null || pkgs+=(nginx)
+    command -v wrk >/dev/null || pkgs+=(wrk)
+    command -v curl >/dev/null || pkgs+=(curl)
+    if wants haproxy; then command -v haproxy >/dev/null || pkgs+=(haproxy); fi
+    ((${#pkgs[@]})) || return 0
+    log "installing ${pkgs[*]}"
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >&2
+}
+
+ensure_cutover_bin() {
+    [[ -x $CUTOVER_BIN ]] && return 0
+    [[ $CUTOVER_BIN == "$DEFAULT_BIN" ]] || die "CUTOVER_BIN=$CUTOVER_BIN does not exist"
+    log "no $CUTOVER_BIN: cargo build --release"
+    (cd "$ROOT" && timeout "$BUILD_TIMEOUT" cargo build --release --bin cutover) >&2
+    [[ -x $CUTOVER_BIN ]] || die "cargo build did not produce $CUTOVER_BIN"
+}
+
+# A port already taken would make us benchmark some other process.
+check_ports_free() {
+    local t p
+    for p in $LEGACY_PORT $NEW_PORT; do port_free "$p" || die "127.0.0.1:$p is already in use"; done
+    for t in $TARGETS; do
+        for p in ${PORT[$t]} ${ADMIN_PORT[$t]:-}; do
+            [[ $t == direct ]] || port_free "$p" || die "127.0.0.1:$p ($t) is already in use"
+        done
+    done
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- processes
+
+spawn() { # name logfile cmd... : start in the background, remember the pid
+    local name=$1 logf=$2
+    shift 2
+    "$@" >"$logf" 2>&1 &
+    PIDS+=($!)
+    PID[$name]=$!
+}
+
+wait_ready() { # name url
+    local name=$1 url=$2 code deadline=$((SECONDS + READY_TIMEOUT))
+    while :; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$url" || true)
+        [[ $code == 200 ]] && return 0
+        kill -0 "${PID[$name]}" 2>/dev/null || die "$name exited during startup, see $WORK/$name/log"
+        ((SECONDS < deadline)) || die "$name not ready at $url after ${READY_TIMEOUT}s, see $WORK/$name/log"
+        sleep 0.1
+    done
+}
+
+# Everything nginx would otherwise put under /var (Debian's build) goes to our dir.
+nginx_main() { # dir
+    cat <<EOF
+worker_processes 1;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 1024; }
+EOF
+}
+
+nginx_http_common() { # dir
+    cat <<EOF
+    access_log off;
+    keepalive_requests 1000000;  # default 1000 would make wrk and upstreams reconnect
+    client_body_temp_path $1/tmp/body;
+    proxy_temp_path $1/tmp/proxy;
+    fastcgi_temp_path $1/tmp/fastcgi;
+    uwsgi_temp_path $1/tmp/uwsgi;
+    scgi_temp_path $1/tmp/scgi;
+EOF
+}
+
+start_nginx_with() { # name conf-body-function
+    local name=$1 dir=$WORK/$1
+    mkdir -p "$dir/tmp"
+    { nginx_main "$dir"; echo "http {"; nginx_http_common "$dir"; "$2" "$dir"; echo "}"; } >"$dir/nginx.conf"
+    nginx -t -q -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" >"$dir/log" 2>&1 ||
+        die "bad nginx config for $name: $(cat "$dir/log")"
+    spawn "$name" "$dir/log" nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf"
+}
+
+backend_servers() {
+    cat <<EOF
+    server { listen 127.0.0.1:$LEGACY_PORT; return 200 "legacy\n"; }
+    server { listen 127.0.0.1:$NEW_PORT; return 200 "new\n"; }
+EOF
+}
+
+# One backend shared by every target, so only the proxy in front differs.
+start_backend() {
+    start_nginx_with backend backend_servers
+    wait_ready backend "http://127.0.0.1:$LEGACY_PORT/"
+    wait_ready backend "http://127.0.0.1:$NEW_PORT/"
+}
+
+start_direct() { PID[direct]=${PID[backend]}; }
+
+# Forwarding headers and Host kept as cutover's contract does, so the peers do similar work.
+nginx_proxy_servers() {
+    cat <<EOF
+    upstream legacy { server 127.0.0.1:$LEGACY_PORT; keepalive 64; keepalive_requests 1000000; }
+    upstream new { server 127.0.0.1:$NEW_PORT; keepalive 64; keepalive_requests 1000000; }
+    split_clients "\${http_x_user_id}" \$upstream { 90% legacy; * new; }
+    server {
+        listen 127.0.0.1:${PORT[nginx]};
+        location / {
+            proxy_pass http://\$upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header x-request-id \$request_id;
+        }
+    }
+EOF
+}
+
+start_nginx() {
+    start_nginx_with nginx nginx_proxy_servers
+    wait_ready nginx "$(target_url nginx)"
+}
+
+start_haproxy() {
+    local dir=$WORK/haproxy
+    mkdir -p "$dir"
+    cat >"$dir/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096  # fits the usual 20000 fd limit (haproxy needs ~2 fds per conn)
+
+defaults
+    mode http
+    option http-keep-alive
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-request 10s
+    timeout http-keep-alive 30s
+
+frontend fe
+    bind 127.0.0.1:${PORT[haproxy]}
+    option forwardfor
+    unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt
+    http-request set-header x-request-id %[unique-id] unless { req.hdr(x-request-id) -m found }
+    default_backend be
+
+backend be
+    balance roundrobin
+    http-reuse always
+    server legacy 127.0.0.1:$LEGACY_PORT weight 90
+    server new 127.0.0.1:$NEW_PORT weight 10
+EOF
+    haproxy -c -q -f "$dir/haproxy.cfg" >"$dir/log" 2>&1 || die "bad haproxy config: $(cat "$dir/log")"
+    # -db: stay in the foreground so the pid is haproxy's own
+    spawn haproxy "$dir/log" haproxy -db -f "$dir/haproxy.cfg"
+    wait_ready haproxy "$(target_url haproxy)"
+}
+
+write_cutover_config() { # name file
+    cat >"$2" <<EOF
+listen: 127.0.0.1:${PORT[$1]}
+admin:
+  listen: 127.0.0.1:${ADMIN_PORT[$1]}
+backends:
+  legacy: { url: "http://127.0.0.1:$LEGACY_PORT" }
+  new: { url: "http://127.0.0.1:$NEW_PORT" }
+routes:
+  - name: all
+    match: { path_prefix: / }
+    split: { legacy: 90, new: 10 }
+    sticky: { header: x-user-id }
+EOF
+}
+
+start_cutover_as() { # name binary
+    local name=$1 bin=$2 dir=$WORK/$1
+    mkdir -p "$dir"
+    write_cutover_config "$name" "$dir/cutover.yaml"
+    # cwd = its own dir, so a relative state file of A and B never collide
+    spawn "$name" "$dir/log" env -C "$dir" RUST_LOG=warn "$bin" run --config "$dir/cutover.yaml" --threads 1
+    wait_ready "$name" "http://127.0.0.1:${ADMIN_PORT[$name]}/readyz"
+}
+
+start_cutover() { start_cutover_as cutover "$CUTOVER_BIN"; }
+start_cutover_b() { start_cutover_as cutover-b "$CUTOVER_BIN_B"; }
+
+start_target() {
+    log "starting $1"
+    "start_${1//-/_}"
+}
+
+# ---------------------------------------------------------------- mode: what is loaded
+
+target_url() {
+    case $MODE in
+        route) echo "http://127.0.0.1:${PORT[$1]}/" ;;
+    esac
+}
+
+# A new x-user-id on every request: the sticky hash runs each time and users spread 90/10.
+write_wrk_script() {
+    case $MODE in
+        route) cat >"$WORK/wrk.lua" <<'EOF'
+local n = 0
+request = function()
+  n = n + 1
+  wrk.headers["x-user-id"] = "user-" .. n
+  return wrk.format()
+end
+EOF
+            ;;
+    esac
+}
+
+# Before loading, check with distinct users that a target really splits ~90/10.
+split_check() { # target -> percent of answers from "new"
+    local t=$1 cfg=$WORK/split-$1.curl i n
+    ((SPLIT_CHECK > 0)) || { echo "-"; return; }
+    for ((i = 1; i <= SPLIT_CHECK; i++)); do
+        ((i == 1)) || echo "next"
+        printf 'url = "%s"\nheader = "x-user-id: check-%d"\n' "$(target_url "$t")" "$i"
+    done >"$cfg"
+    n=$(curl -s --max-time 30 -K "$cfg" | grep -c '^new$' || true)
+    awk -v n="$n" -v d="$SPLIT_CHECK" 'BEGIN { printf "%.1f", 100 * n / d }'
+}
+
+# ---------------------------------------------------------------- load and parsing
+
+run_wrk() { # target round
+    local t=$1 out=$WORK/wrk-$1-$2.txt
+    # In the background and waited for, so a SIGTERM to this script stops it at once.
+    timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+        -s "$WORK/wrk.lua" "$(target_url "$t")" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || die "wrk against $t failed: $(cat "$out")"
+    WRK_PID=""
+    kill -0 "${PID[$t]}" 2>/dev/null || die "$t died under load, see $WORK/$t/log"
+    local rps p99 errs
+    rps=$(parse_rps "$out")
+    p99=$(parse_p99 "$out")
+    errs=$(parse_errors "$out")
+    [[ -n $rps && -n $p99 ]] || die "could not parse wrk output: $(cat "$out")"
+    echo "$rps $p99 $errs" >>"$WORK/res-$t"
+    log "  round $2  $(printf '%-10s %10.0f req/s  p99 %7.3f ms  errors %s' "$t" "$rps" "$p99" "$errs")"
+}
+
+parse_rps() { awk '$1 == "Requests/sec:" { print $2 }' "$1"; }
+
+# From the --latency distribution: "99%   1.23ms"; wrk picks us/ms/s/m/h.
+parse_p99() {
+    awk '$1 == "99%" {
+        v = $2
+        if (v ~ /us$/) ms = v / 1000
+        else if (v ~ /ms$/) ms = v + 0
+        else if (v ~ /s$/) ms = v * 1000
+        else if (v ~ /m$/) ms = v * 60000
+        else if (v ~ /h$/) ms = v * 3600000
+        printf "%.3f\n", ms
+    }' "$1"
+}
+
+# Non-2xx answers and socket errors: a proxy answering 502 fast must not look good.
+parse_errors() {
+    awk '/Non-2xx or 3xx responses:/ { e += $NF }
+         /Socket errors:/ { gsub(",", ""); e += $4 + $6 + $8 + $10 }
+         END { print e + 0 }' "$1"
+}
+
+median() { # column of res file
+    awk -v c="$2" '{ print $c }' "$1" | sort -g |
+        awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+column_sum() { awk -v c="$2" '{ s += $c } END { print s + 0 }' "$1"; }
+
+# Summed over the process tree (nginx: master + worker).
+mem_mb() { # pid field
+    local files=() p
+    for p in $(tree_pids "$1"); do files+=("/proc/$p/status"); done
+    awk -v f="$2:" '$1 == f { s += $2 } END { printf "%.1f", s / 1024 }' "${files[@]}" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- report
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
+
+declare -A RPS P99 ERRS HWM RSS SPLIT
+
+collect() {
+    local t
+    for t in $TARGETS; do
+        RPS[$t]=$(median "$WORK/res-$t" 1)
+        P99[$t]=$(median "$WORK/res-$t" 2)
+        ERRS[$t]=$(column_sum "$WORK/res-$t" 3)
+        HWM[$t]=$(mem_mb "${PID[$t]}" VmHWM)
+        RSS[$t]=$(mem_mb "${PID[$t]}" VmRSS)
+    done
+}
+
+ratio_line() { # a b
+    wants "$1" && wants "$2" || return 0
+    printf '%-20s req/s x%s   p99 x%s\n' "$1/$2:" "$(ratio "${RPS[$1]}" "${RPS[$2]}")" "$(ratio "${P99[$1]}" "${P99[$2]}")"
+}
+
+print_table() {
+    local t
+    echo "cutover load comparison: mode=$MODE, wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds (interleaved), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "split 90/10 on x-user-id (a new id per request); medians over rounds; errors = non-2xx + socket errors, all rounds"
+    printf '%-10s %10s %9s %7s %6s %8s %8s\n' target "req/s" "p99 ms" errors "new %" "HWM MB" "RSS MB"
+    for t in $TARGETS; do
+        printf '%-10s %10.0f %9.3f %7s %6s %8s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "${ERRS[$t]}" \
+            "${SPLIT[$t]}" "${HWM[$t]}" "${RSS[$t]}"
+    done
+    ratio_line cutover haproxy
+    ratio_line cutover nginx
+    ratio_line cutover-b cutover
+    if wants direct; then echo "(direct = the backend nginx alone, the ceiling; its memory is the backend's)"; fi
+}
+
+# ---------------------------------------------------------------- main
+
+main() {
+    check_knobs
+    TARGETS=${TARGETS:-$(default_targets)}
+    check_targets
+    ensure_tools
+    if wants cutover; then ensure_cutover_bin; fi
+    if wants cutover-b; then [[ -x $CUTOVER_BIN_B ]] || die "CUTOVER_BIN_B=$CUTOVER_BIN_B does not exist"; fi
+    check_ports_free
+
+    WORK=$(mktemp -d /tmp/cutover-load.XXXXXX)
+    chmod 755 "$WORK" # nginx workers run as nobody
+    write_wrk_script
+
+    start_backend
+    local t r
+    for t in $TARGETS; do
+        start_target "$t"
+        SPLIT[$t]=$(split_check "$t")
+        log "  $t: ${SPLIT[$t]}% of $SPLIT_CHECK distinct users went to new"
+    done
+
+    # Interleaved, so drift (thermal, neighbours, page cache) hits every target alike.
+    for ((r = 1; r <= ROUNDS; r++)); do
+        for t in $TARGETS; do run_wrk "$t" "$r"; done
+    done
+
+    collect
+    print_table
+}
+
+main "$@"

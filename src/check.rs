@@ -1,0 +1,98 @@
+//! `cutover check`: the config compiler without serving, like `nginx -t`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::{self, format_percent, Config};
+use crate::routing::{HostMatch, Matcher, PathMatch, StickySource};
+
+/// The report to print, and whether the file is valid.
+pub fn check(path: &Path) -> (String, bool) {
+    match config::load(path) {
+        Ok(config) => (summary(path, &config), true),
+        Err(errors) => {
+            let mut out = String::new();
+            for error in &errors {
+                let _ = writeln!(out, "{error}");
+            }
+            let plural = if errors.len() == 1 { "" } else { "s" };
+            let _ = writeln!(out, "{}: {} error{plural}", path.display(), errors.len());
+            (out, false)
+        }
+    }
+}
+
+fn summary(path: &Path, config: &Config) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: ok: {} backend{}, {} route{}; proxy {}, admin {}",
+        path.display(),
+        config.backends.len(),
+        if config.backends.len() == 1 { "" } else { "s" },
+        config.routes.len(),
+        if config.routes.len() == 1 { "" } else { "s" },
+        config.listen,
+        config.admin.listen,
+    );
+    for route in &config.routes {
+        let split: Vec<String> = route
+            .split
+            .iter()
+            .map(|&(b, share)| format!("{} {}%", config.backends[b].name, format_percent(share)))
+            .collect();
+        let _ = write!(
+            out,
+            "  {}: {} → {}",
+            route.name,
+            describe_match(&route.matcher),
+            split.join(", ")
+        );
+        if let Some(sticky) = &route.sticky {
+            let _ = write!(out, "; sticky on {}", describe_sticky(sticky));
+        }
+        if route.kill {
+            let _ = write!(
+                out,
+                "; KILLED (all to {})",
+                config.backends[route.stable].name
+            );
+        }
+        out.push('\n');
+    }
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
+    out
+}
+
+fn describe_match(matcher: &Matcher) -> String {
+    let mut parts = Vec::new();
+    match &matcher.path {
+        Some(PathMatch::Prefix(p)) => parts.push(format!("{p}*")),
+        Some(PathMatch::Exact(p)) => parts.push(p.clone()),
+        None => {}
+    }
+    match &matcher.host {
+        Some(HostMatch::Exact(h)) => parts.push(format!("host {h}")),
+        Some(HostMatch::Suffix(h)) => parts.push(format!("host *{h}")),
+        None => {}
+    }
+    if !matcher.methods.is_empty() {
+        let methods: Vec<&str> = matcher.methods.iter().map(|m| m.as_str()).collect();
+        parts.push(methods.join("|"));
+    }
+    for (name, value) in &matcher.headers {
+        parts.push(format!("{name}: {}", value.to_str().unwrap_or("…")));
+    }
+    parts.join(" ")
+}
+
+fn describe_sticky(sticky: &StickySource) -> String {
+    match sticky {
+        StickySource::Header(name) => format!("header {name}"),
+        StickySource::Cookie(name) => format!("cookie {name}"),
+        StickySource::Query(name) => format!("query {name}"),
+        StickySource::ClientIp => "client ip".to_owned(),
+    }
+}

@@ -1,0 +1,86 @@
+//! The validated, typed configuration: every value checked, every default filled in, every
+//! name resolved to an index. Building a snapshot from it cannot fail.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::uri::Authority;
+use ipnet::IpNet;
+
+use crate::routing::{Matcher, StickySource};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin: AdminSettings,
+    pub flags_api: Option<FlagsApiSettings>,
+    pub state_file: PathBuf,
+    pub trusted_proxies: Vec<IpNet>,
+    pub client_header_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    pub kill_grace: Duration,
+    /// In file order; routes refer to them by index.
+    pub backends: Vec<BackendSpec>,
+    /// In file order: the first match wins.
+    pub routes: Vec<RouteSpec>,
+    /// Things that are allowed but probably not meant, e.g. a route that can never match.
+    pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// Name of the environment variable holding the bearer token.
+    pub token_env: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlagsApiSettings {
+    pub listen: SocketAddr,
+    pub token_env: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub name: String,
+    /// The URL as written, for display.
+    pub url: String,
+    pub authority: Authority,
+    /// Path prefix from the URL, without a trailing slash ("" for none).
+    pub base_path: String,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
+    pub http2: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteSpec {
+    pub name: String,
+    pub matcher: Matcher,
+    /// `(backend index, basis points)`, the stable backend first, then the others in file
+    /// order. Basis points sum to 10 000. This order defines the bucket ranges.
+    pub split: Vec<(usize, u32)>,
+    /// Backend index of the stable backend (also `split[0].0`).
+    pub stable: usize,
+    pub sticky: Option<StickySource>,
+    pub strip_prefix: bool,
+    pub kill: bool,
+    pub guard: Option<GuardSpec>,
+    pub fallback: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GuardSpec {
+    /// Percent, 0–100.
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+    pub window: Duration,
+}
+
+impl Config {
+    pub fn backend(&self, index: usize) -> &BackendSpec {
+        &self.backends[index]
+    }
+}

@@ -1,0 +1,237 @@
+//! Upstream connection pools and the one call that sends a request to a backend.
+//!
+//! Pools are keyed by what shapes a connection (address, protocol, connect timeout) and are
+//! kept across reloads, so a 10 → 20% edit reuses warm connections instead of opening new ones.
+
+use std::collections::HashMap;
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::BackendSpec;
+use crate::telemetry::FailureReason;
+
+/// Body of every message cutover sends: a streamed one it relays, or one it wrote itself.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+type PooledClient = Client<HttpConnector, ProxyBody>;
+
+/// A backend as the request path sees it.
+pub struct Upstream {
+    pub name: Arc<str>,
+    authority: Authority,
+    base_path: String,
+    http2: bool,
+    request_timeout: Duration,
+    client: PooledClient,
+}
+
+/// Why a backend gave no usable response. Blame is on the backend for all but `ClientBody`.
+#[derive(Debug)]
+pub enum ProxyError {
+    /// The backend refused or could not be reached.
+    Connect(String),
+    ConnectTimeout,
+    /// No response head within `request_timeout`.
+    Timeout,
+    /// The connection broke before a response head arrived.
+    Reset(String),
+    /// The backend answered with something that is not valid HTTP.
+    Protocol(String),
+    /// The client's own request body failed while being relayed.
+    ClientBody,
+}
+
+impl ProxyError {
+    /// The failure reason, or `None` when the client is to blame.
+    pub fn reason(&self) -> Option<FailureReason> {
+        match self {
+            ProxyError::Connect(_) => Some(FailureReason::Connect),
+            ProxyError::ConnectTimeout | ProxyError::Timeout => Some(FailureReason::Timeout),
+            ProxyError::Reset(_) => Some(FailureReason::Reset),
+            ProxyError::Protocol(_) => Some(FailureReason::Protocol),
+            ProxyError::ClientBody => None,
+        }
+    }
+
+    /// Value of the `x-cutover-error` header.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::Connect(_) => "connect",
+            ProxyError::ConnectTimeout => "connect-timeout",
+            ProxyError::Timeout => "timeout",
+            ProxyError::Reset(_) => "reset",
+            ProxyError::Protocol(_) => "protocol",
+            ProxyError::ClientBody => "client-body",
+        }
+    }
+
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            ProxyError::ConnectTimeout | ProxyError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody => http::StatusCode::BAD_REQUEST,
+            _ => http::StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            ProxyError::Connect(cause) => format!("cannot connect ({cause})"),
+            ProxyError::ConnectTimeout => "connect timed out".to_owned(),
+            ProxyError::Timeout => "no response within request_timeout".to_owned(),
+            ProxyError::Reset(cause) => format!("connection lost before a response ({cause})"),
+            ProxyError::Protocol(cause) => format!("invalid response ({cause})"),
+            ProxyError::ClientBody => "request body failed".to_owned(),
+        }
+    }
+
+    fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+        let mut source = err.source();
+        let mut innermost = String::new();
+        let mut timed_out = false;
+        let mut hyper_kind = None;
+        while let Some(cause) = source {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
+            }
+            if let Some(h) = cause.downcast_ref::<hyper::Error>() {
+                hyper_kind.get_or_insert(if h.is_user() {
+                    ProxyError::ClientBody
+                } else if h.is_parse() || h.is_parse_status() {
+                    ProxyError::Protocol(h.to_string())
+                } else {
+                    ProxyError::Reset(h.to_string())
+                });
+            }
+            innermost = cause.to_string();
+            source = cause.source();
+        }
+        if err.is_connect() {
+            if timed_out {
+                ProxyError::ConnectTimeout
+            } else {
+                ProxyError::Connect(innermost)
+            }
+        } else {
+            hyper_kind.unwrap_or(ProxyError::Reset(innermost))
+        }
+    }
+}
+
+impl Upstream {
+    /// The backend URI for a request path: the backend's base path, then `path` with
+    /// `strip` leading bytes removed (a route's matched prefix with `strip_prefix`).
+    pub fn uri_for(
+        &self,
+        path: &str,
+        query: Option<&str>,
+        strip: usize,
+    ) -> Result<Uri, http::Error> {
+        let rest = path.get(strip..).unwrap_or("");
+        let mut target = String::with_capacity(
+            self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 2),
+        );
+        target.push_str(&self.base_path);
+        if !rest.starts_with('/') {
+            target.push('/');
+        }
+        target.push_str(rest);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        Ok(Uri::from_parts({
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+            parts.path_and_query = Some(PathAndQuery::try_from(target)?);
+            parts
+        })?)
+    }
+
+    pub fn version(&self) -> Version {
+        if self.http2 {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        }
+    }
+
+    /// Sends `req` and waits for the response head, at most `request_timeout`.
+    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(err)) => Err(ProxyError::classify(&err)),
+            Err(_) => Err(ProxyError::Timeout),
+        }
+    }
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct PoolKey {
+    authority: String,
+    http2: bool,
+    connect_timeout: Duration,
+}
+
+/// Connection pools that outlive snapshots. Used only while building one, off the request path.
+#[derive(Default)]
+pub struct UpstreamCache {
+    pools: HashMap<PoolKey, PooledClient>,
+}
+
+impl UpstreamCache {
+    /// Upstreams for `backends`, reusing pools from earlier snapshots and dropping pools no
+    /// backend uses any more.
+    pub fn build(&mut self, backends: &[BackendSpec]) -> Vec<Arc<Upstream>> {
+        let mut kept = HashMap::with_capacity(backends.len());
+        let upstreams = backends
+            .iter()
+            .map(|spec| {
+                let key = PoolKey {
+                    authority: spec.authority.as_str().to_owned(),
+                    http2: spec.http2,
+                    connect_timeout: spec.connect_timeout,
+                };
+                let client = self
+                    .pools
+                    .get(&key)
+                    .cloned()
+                    .unwrap_or_else(|| new_client(spec));
+                kept.insert(key, client.clone());
+                Arc::new(Upstream {
+                    name: spec.name.as_str().into(),
+                    authority: spec.authority.clone(),
+                    base_path: spec.base_path.clone(),
+                    http2: spec.http2,
+                    request_timeout: spec.request_timeout,
+                    client,
+                })
+            })
+            .collect();
+        self.pools = kept;
+        upstreams
+    }
+}
+
+fn new_client(spec: &BackendSpec) -> PooledClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(spec.connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .http2_only(spec.http2)
+        .build(connector)
+}

@@ -1,0 +1,205 @@
+//! Header rewriting between client and backend: hop-by-hop removal (RFC 9110 §7.6.1), the
+//! `X-Forwarded-*` family, request ids, and recognising a WebSocket upgrade.
+
+use std::net::IpAddr;
+
+use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::HeaderMap;
+use ipnet::IpNet;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static TRAILER: HeaderName = HeaderName::from_static("trailer");
+
+/// Removes the fields that describe one connection rather than the message: the fixed
+/// hop-by-hop set and every field named in `Connection`. `TE: trailers` survives because
+/// gRPC over HTTP/2 needs it end to end. `Host` is never removed, whatever `Connection` says.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .filter(|name| name != HOST)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(CONNECTION);
+    }
+    let keeps_trailers = headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TRAILER] {
+        headers.remove(name);
+    }
+    headers.remove(TRANSFER_ENCODING);
+    headers.remove(UPGRADE);
+    headers.remove(TE);
+    if keeps_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The `Upgrade` value of a WebSocket upgrade request (`Connection: upgrade` plus
+/// `Upgrade: websocket`). Any other upgrade, `h2c` included, gets `None` and is dropped.
+pub fn websocket_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
+    let asks_upgrade = headers
+        .get_all(CONNECTION)
+        .iter()
+        .any(|v| has_token(v, "upgrade"));
+    let upgrade = headers.get(UPGRADE)?;
+    let first_protocol = upgrade.to_str().ok()?.split(',').next()?.trim();
+    let protocol_name = first_protocol.split('/').next()?;
+    (asks_upgrade && protocol_name.eq_ignore_ascii_case("websocket")).then(|| upgrade.clone())
+}
+
+/// Puts `Connection: upgrade` and `Upgrade` back after hop-by-hop removal.
+pub fn restore_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(UPGRADE, upgrade);
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value.to_str().is_ok_and(|v| {
+        v.split(',').any(|t| {
+            t.trim()
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .eq_ignore_ascii_case(token)
+        })
+    })
+}
+
+/// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`. A trusted
+/// peer's own `-Proto`/`-Host` are kept: it saw the client, we did not.
+pub fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    host: Option<&str>,
+    peer_trusted: bool,
+) {
+    let mut chain = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = value.to_str() {
+            chain.push_str(v);
+            chain.push_str(", ");
+        }
+    }
+    chain.push_str(&peer.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    }
+    if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
+        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(value) => {
+                headers.insert(X_FORWARDED_HOST.clone(), value);
+            }
+            None => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// Adds a random `x-request-id` unless the client sent one.
+pub fn ensure_request_id(headers: &mut HeaderMap) {
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let id = format!("{:032x}", rand::random::<u128>());
+        if let Ok(value) = HeaderValue::from_str(&id) {
+            headers.insert(X_REQUEST_ID.clone(), value);
+        }
+    }
+}
+
+pub fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
+    trusted.iter().any(|net| net.contains(&ip))
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the right-most
+/// `X-Forwarded-For` entry that is not itself trusted.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() || !is_trusted(peer, trusted) {
+        return peer;
+    }
+    let mut nearest = peer;
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+            return nearest;
+        };
+        if !is_trusted(ip, trusted) {
+            return ip;
+        }
+        nearest = ip;
+    }
+    nearest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret, host"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(HOST, HeaderValue::from_static("example.com"));
+        h.insert(TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key(CONNECTION));
+        assert!(!h.contains_key("x-secret"));
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(h.get(HOST).unwrap(), "example.com");
+        assert_eq!(h.get(TE).unwrap(), "trailers");
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn only_websocket_upgrades_are_recognised() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert_eq!(websocket_upgrade(&h), None);
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(websocket_upgrade(&h).is_some());
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert_eq!(websocket_upgrade(&h), None);
+    }
+
+    #[test]
+    fn client_ip_is_right_most_untrusted_entry() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("1.1.1.1, 2.2.2.2, 10.0.0.2"),
+        );
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(peer, &h, &trusted),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+        let outsider: IpAddr = "3.3.3.3".parse().unwrap();
+        assert_eq!(client_ip(outsider, &h, &trusted), outsider);
+    }
+}

@@ -1,0 +1,159 @@
+//! Request-head checks hyper leaves to us, per RFC 9112 and as the strictest of Envoy, nginx
+//! and HAProxy apply them: ambiguous framing (request smuggling) and a missing, repeated or
+//! invalid `Host`. A rejected request is answered 400 and its connection closed, never
+//! forwarded. Hyper itself rejects NUL and bare CR in field values and oversized heads.
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Request, Version};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rejection {
+    AmbiguousFraming,
+    MissingHost,
+    DuplicateHost,
+    InvalidHost,
+}
+
+impl Rejection {
+    pub fn message(self) -> &'static str {
+        match self {
+            Rejection::AmbiguousFraming => {
+                "ambiguous message framing (Content-Length with Transfer-Encoding, or conflicting Content-Length)"
+            }
+            Rejection::MissingHost => "HTTP/1.1 request without Host",
+            Rejection::DuplicateHost => "more than one Host field",
+            Rejection::InvalidHost => "invalid Host",
+        }
+    }
+}
+
+/// Checks a request head and returns the authority the client addressed (`host[:port]`),
+/// taken from an absolute-form target or `:authority` before `Host`.
+pub fn inspect<B>(req: &Request<B>) -> Result<Option<&str>, Rejection> {
+    let headers = req.headers();
+    if req.version() <= Version::HTTP_11 {
+        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+        if let Some(first) = lengths.next() {
+            if headers.contains_key(TRANSFER_ENCODING) || lengths.any(|other| other != first) {
+                return Err(Rejection::AmbiguousFraming);
+            }
+        }
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Rejection::DuplicateHost);
+    }
+    let host = match host {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| Rejection::InvalidHost)?;
+            if !text.is_empty() && host_without_port(text).is_none() {
+                return Err(Rejection::InvalidHost);
+            }
+            Some(text).filter(|t| !t.is_empty())
+        }
+        None if req.version() == Version::HTTP_11 => return Err(Rejection::MissingHost),
+        None => None,
+    };
+    // Absolute-form and HTTP/2 `:authority` name the target; Host is then only a duplicate.
+    Ok(req.uri().authority().map(|a| a.as_str()).or(host))
+}
+
+/// The host part of `host[:port]`, if the whole is a valid authority without user info.
+pub fn host_without_port(authority: &str) -> Option<&str> {
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']')?;
+        let ip_literal = inner
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        if inner.is_empty() || !ip_literal {
+            return None;
+        }
+        let port = match after {
+            "" => None,
+            after => Some(after.strip_prefix(':')?),
+        };
+        (&authority[..inner.len() + 2], port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    let reg_name_ok = host.starts_with('[')
+        || (!host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)));
+    let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    (reg_name_ok && port_ok).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_forms() {
+        assert_eq!(host_without_port("example.com"), Some("example.com"));
+        assert_eq!(host_without_port("example.com:8080"), Some("example.com"));
+        assert_eq!(host_without_port("[::1]:8080"), Some("[::1]"));
+        assert_eq!(host_without_port("[::1]"), Some("[::1]"));
+        assert_eq!(host_without_port("user@example.com"), None);
+        assert_eq!(host_without_port("a b"), None);
+        assert_eq!(host_without_port("example.com:80x"), None);
+        assert_eq!(host_without_port("[::1]x"), None);
+        assert_eq!(host_without_port(":80"), None);
+        assert_eq!(host_without_port("a/b"), None);
+    }
+
+    fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+        let mut builder = Request::builder().version(version).uri(uri);
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap()
+    }
+
+    #[test]
+    fn host_rules_for_http11() {
+        let ok = request(Version::HTTP_11, "/", &[("host", "a.example")]);
+        assert_eq!(inspect(&ok), Ok(Some("a.example")));
+        let missing = request(Version::HTTP_11, "/", &[]);
+        assert_eq!(inspect(&missing), Err(Rejection::MissingHost));
+        let twice = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "b")]);
+        assert_eq!(inspect(&twice), Err(Rejection::DuplicateHost));
+        let absolute = request(
+            Version::HTTP_11,
+            "http://b.example/x",
+            &[("host", "a.example")],
+        );
+        assert_eq!(inspect(&absolute), Ok(Some("b.example")));
+        let old = request(Version::HTTP_10, "/", &[]);
+        assert_eq!(inspect(&old), Ok(None));
+    }
+
+    #[test]
+    fn framing_rules() {
+        let both = request(
+            Version::HTTP_11,
+            "/",
+            &[
+                ("host", "a"),
+                ("content-length", "3"),
+                ("transfer-encoding", "chunked"),
+            ],
+        );
+        assert_eq!(inspect(&both), Err(Rejection::AmbiguousFraming));
+        let differing = request(
+            Version::HTTP_11,
+            "/",
+            &[
+                ("host", "a"),
+                ("content-length", "3"),
+                ("content-length", "4"),
+            ],
+        );
+        assert_eq!(inspect(&differing), Err(Rejection::AmbiguousFraming));
+    }
+}

@@ -1,0 +1,229 @@
+//! Process lifecycle: load the config, bind listeners, serve until SIGTERM/SIGINT, then stop
+//! accepting and let in-flight requests finish for up to `shutdown_timeout`.
+//! Listeners live for the process; reloads swap data only.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::admin::{self, Admin};
+use crate::config::{format_percent, Config};
+use crate::proxy::Proxy;
+use crate::reload::{self, Reloader};
+use crate::telemetry;
+
+/// Largest request head accepted; larger gets 431.
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+
+/// Builds the tokio runtime (`threads` workers, default: one per core) and serves.
+pub fn run_blocking<F>(threads: Option<usize>, serve: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let runtime = match threads {
+        // One thread: no work stealing to pay for.
+        Some(1) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n.max(1))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .context("starting the tokio runtime")?;
+    runtime.block_on(serve)
+}
+
+/// Serves the config at `path` until SIGTERM or SIGINT.
+pub async fn serve(path: &Path) -> anyhow::Result<()> {
+    let metrics = telemetry::install_recorder()?;
+    let reloader = match Reloader::start(path) {
+        Ok(reloader) => Arc::new(reloader),
+        Err(errors) => {
+            let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            bail!("invalid config:\n{}", list.join("\n"));
+        }
+    };
+    let live = reloader.live();
+    let config = live.load_full().config.clone();
+    check_admin_exposure(&config)?;
+
+    let proxy_listener = bind("proxy", config.listen).await?;
+    let admin_listener = bind("admin", config.admin.listen).await?;
+    let proxy_addr = proxy_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let _watcher = match reload::watch(reloader.clone()) {
+        Ok(watcher) => Some(watcher),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot watch the config directory; reload with SIGHUP");
+            None
+        }
+    };
+    reload::reload_on_sighup(reloader.clone()).context("installing the SIGHUP handler")?;
+
+    let admin = Arc::new(Admin {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+    });
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let proxy = Arc::new(Proxy::new(live.clone()));
+    let proxy_task = tokio::spawn(serve_proxy(
+        proxy_listener,
+        proxy,
+        config.client_header_timeout,
+        shutdown_rx.clone(),
+    ));
+    let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
+    // Histograms need periodic upkeep or they grow without bound between scrapes.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+    admin.ready.store(true, Ordering::Release);
+    tracing::info!(
+        proxy = %proxy_addr,
+        admin = %admin_addr,
+        generation = live.load().generation,
+        "cutover listening; routes: {}",
+        describe_routes(&config)
+    );
+
+    wait_for_shutdown_signal().await?;
+    admin.ready.store(false, Ordering::Release);
+    let grace = live.load().config.shutdown_timeout;
+    tracing::info!("shutting down: finishing in-flight requests (up to {grace:?})");
+    let _ = shutdown_tx.send(true);
+    if let Ok(graceful) = proxy_task.await {
+        if tokio::time::timeout(grace, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown_timeout passed with requests still in flight; closing them");
+        }
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// An admin API reachable from other hosts must have a token.
+fn check_admin_exposure(config: &Config) -> anyhow::Result<()> {
+    let has_token = std::env::var(&config.admin.token_env).is_ok_and(|t| !t.is_empty());
+    if !config.admin.listen.ip().is_loopback() && !has_token {
+        bail!(
+            "admin.listen {} is not loopback and ${} is empty: refusing to expose the admin API without a token",
+            config.admin.listen,
+            config.admin.token_env
+        );
+    }
+    Ok(())
+}
+
+async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+fn describe_routes(config: &Config) -> String {
+    if config.routes.is_empty() {
+        return "none".to_owned();
+    }
+    config
+        .routes
+        .iter()
+        .map(|route| {
+            let split: Vec<String> = route
+                .split
+                .iter()
+                .map(|&(b, share)| {
+                    format!("{} {}%", config.backends[b].name, format_percent(share))
+                })
+                .collect();
+            format!("{} [{}]", route.name, split.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
+}
+
+/// Accepts proxy connections until `shutdown` flips, then hands back the tracker of the
+/// connections still open so the caller can drain them.
+async fn serve_proxy(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    header_timeout: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return graceful,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req: hyper::Request<Incoming>| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(%peer, error = %err, "connection closed with an error");
+            }
+        });
+    }
+}

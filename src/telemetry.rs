@@ -1,0 +1,131 @@
+//! Metric names, their registration, and logging setup.
+//!
+//! Label values come only from config names (route, backend) or static strings, never from a
+//! request. Per-request counters are resolved to handles when a snapshot is built, so the
+//! request path does one atomic add per metric and no registry lookup.
+
+use anyhow::Context;
+use http::StatusCode;
+use metrics::{counter, describe_counter, describe_gauge, gauge, Counter};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS_TOTAL: &str = "cutover_requests_total";
+pub const UPSTREAM_FAILURES_TOTAL: &str = "cutover_upstream_failures_total";
+pub const ROUTE_WEIGHT: &str = "cutover_route_weight";
+pub const ROUTE_KILLED: &str = "cutover_route_killed";
+pub const CONFIG_RELOADS_TOTAL: &str = "cutover_config_reloads_total";
+pub const CONFIG_GENERATION: &str = "cutover_config_generation";
+
+/// Installs the process-wide Prometheus recorder. Call once, before any snapshot is built.
+pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    describe_counter!(
+        REQUESTS_TOTAL,
+        "Proxied requests by route, backend and status class (error: no response from the backend)."
+    );
+    describe_counter!(
+        UPSTREAM_FAILURES_TOTAL,
+        "Requests a backend did not answer, by reason."
+    );
+    describe_gauge!(
+        ROUTE_WEIGHT,
+        "Effective share of a route's traffic per backend, in percent."
+    );
+    describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
+    describe_counter!(CONFIG_RELOADS_TOTAL, "Config loads by result.");
+    describe_gauge!(CONFIG_GENERATION, "Generation of the config being served.");
+    Ok(handle)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .try_init();
+}
+
+/// Why a backend gave no response; the `reason` label of upstream failures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureReason {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    Protocol = 3,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 4] = [
+        FailureReason::Connect,
+        FailureReason::Timeout,
+        FailureReason::Reset,
+        FailureReason::Protocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Connect => "connect",
+            FailureReason::Timeout => "timeout",
+            FailureReason::Reset => "reset",
+            FailureReason::Protocol => "protocol",
+        }
+    }
+}
+
+const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Counter handles for one backend of one route.
+pub struct TargetTelemetry {
+    requests: [Counter; 6],
+    failures: [Counter; 4],
+}
+
+impl TargetTelemetry {
+    pub fn new(route: &str, backend: &str) -> TargetTelemetry {
+        let labels = |extra: (&'static str, &'static str)| {
+            [
+                ("route", route.to_owned()),
+                ("backend", backend.to_owned()),
+                (extra.0, extra.1.to_owned()),
+            ]
+        };
+        TargetTelemetry {
+            requests: CODE_CLASSES.map(|code| counter!(REQUESTS_TOTAL, &labels(("code", code)))),
+            failures: FailureReason::ALL
+                .map(|r| counter!(UPSTREAM_FAILURES_TOTAL, &labels(("reason", r.as_str())))),
+        }
+    }
+
+    pub fn response(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        self.requests[class].increment(1);
+    }
+
+    pub fn failure(&self, reason: FailureReason) {
+        self.requests[5].increment(1);
+        self.failures[reason as usize].increment(1);
+    }
+}
+
+pub fn route_weight(route: &str, backend: &str, basis_points: u32) {
+    gauge!(ROUTE_WEIGHT, "route" => route.to_owned(), "backend" => backend.to_owned())
+        .set(f64::from(basis_points) / 100.0);
+}
+
+pub fn route_killed(route: &str, killed: bool) {
+    gauge!(ROUTE_KILLED, "route" => route.to_owned()).set(if killed { 1.0 } else { 0.0 });
+}
+
+pub fn config_reload(result: &'static str) {
+    counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+pub fn config_generation(generation: u64) {
+    gauge!(CONFIG_GENERATION).set(generation as f64);
+}
