@@ -29,7 +29,12 @@ pub struct DemoPorts {
 pub async fn run(ports: DemoPorts) -> anyhow::Result<()> {
     let legacy = start_backend("legacy", ports.legacy).await?;
     let new = start_backend("new", ports.new).await?;
-    let path = write_config(ports)?;
+    // Ports may be 0 (tests): the config names the ports actually bound.
+    let path = write_config(DemoPorts {
+        legacy: legacy.port(),
+        new: new.port(),
+        ..ports
+    })?;
     let proxy = ports.proxy;
     println!(
         "cutover demo: backends legacy on {legacy} and new on {new}, proxy on 127.0.0.1:{proxy}\n\

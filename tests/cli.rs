@@ -1,0 +1,224 @@
+//! The command line as a user runs it: `check`, `run` refusing bad input, and `demo`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{get, BIN};
+
+fn check(path: &Path) -> (bool, String, String) {
+    let output = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["config/cutover.yaml", "config/demo.yaml"] {
+        let (ok, stdout, stderr) = check(&root.join(file));
+        assert!(ok, "{file}: {stderr}");
+        assert!(stdout.contains(": ok:"), "{stdout}");
+    }
+    let (_, stdout, _) = check(&root.join("config/cutover.yaml"));
+    assert!(
+        stdout.contains(
+            "payments: /api/payments* → legacy 90%, payments-v2 10%; sticky on header x-user-id"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_lists_every_error_with_file_line_column_and_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(
+        &path,
+        "\
+backends:
+  legacy:
+    url: http://127.0.0.1:9001
+routes:
+  - name: payments
+    match:
+      path_prefix: /api/payments
+    split:
+      legacy: 90
+      v2: 10
+  - name: payments
+    match:
+      path_prefix: /api
+    split:
+      legacy: 99.999
+    stable: v9
+    sticky:
+      header: x-user
+      cookie: uid
+",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&path);
+    assert!(!ok);
+    assert_eq!(stdout, "");
+    let file = path.display();
+    for expected in [
+        format!("{file}:10:7: routes[0].split: unknown backend \"v2\""),
+        format!("{file}:11:5: routes[1].name: duplicate route name \"payments\""),
+        format!("{file}:15:7: routes[1].split.legacy: 99.999 has more than 2 decimals"),
+        format!("{file}:16:5: routes[1].stable: \"v9\" is not in this route's split"),
+        format!("{file}:17:5: routes[1].sticky: at most one sticky source"),
+        format!("{file}: 5 errors"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_reports_unknown_keys_and_yaml_syntax_with_a_location() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, "routes:\n  - name: a\n    colour: red\n").unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains(":3:5: routes[0]: unknown field `colour`"),
+        "{stderr}"
+    );
+    std::fs::write(&path, "routes: [\n").unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!("{}:2:", path.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_warns_about_a_route_that_can_never_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "backends: {a: {url: 'http://127.0.0.1:1'}}\nroutes:\n\
+         - {name: all, match: {path_prefix: /}, split: {a: 100}}\n\
+         - {name: api, match: {path_prefix: /api}, split: {a: 100}}\n",
+    )
+    .unwrap();
+    let (ok, stdout, _) = check(&path);
+    assert!(ok);
+    assert!(
+        stdout.contains("warning: route \"api\" can never match"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_config_with_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "listen: nowhere\nbackends: {a: {url: 'https://x'}}\nroutes: []\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("c.yaml:1:1: listen:"), "{stderr}");
+    assert!(stderr.contains("backends.a.url"), "{stderr}");
+}
+
+#[test]
+fn run_refuses_an_exposed_admin_listener_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(
+        &path,
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 0.0.0.0:0\n  token_env: CUTOVER_TEST_UNSET_TOKEN\n\
+         backends: {a: {url: 'http://127.0.0.1:1'}}\nroutes:\n- {name: all, match: {path_prefix: /}, split: {a: 100}}\n",
+    )
+    .unwrap();
+    let output = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&path)
+        .env_remove("CUTOVER_TEST_UNSET_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("refusing to expose the admin API without a token"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_serves_both_backends_and_prints_what_to_try() {
+    let mut child = Command::new(BIN)
+        .args([
+            "demo",
+            "--port",
+            "0",
+            "--admin-port",
+            "0",
+            "--legacy-port",
+            "0",
+            "--new-port",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("cutover listening") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("demo did not start");
+    let start = line.find("proxy=").unwrap() + 6;
+    let proxy: SocketAddr = line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while seen.len() < 2 && Instant::now() < deadline {
+        let (_, _, body) = get(proxy, "/api/checkout", &[]).await;
+        seen.insert(body.split(':').next().unwrap_or("").to_owned());
+    }
+    let (_, _, other) = get(proxy, "/anything", &[]).await;
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), ["legacy", "new"]);
+    assert_eq!(other, "legacy: GET /anything\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("curl -s localhost:"), "{stdout}");
+}
