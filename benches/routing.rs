@@ -19,7 +19,10 @@ use http::{HeaderMap, HeaderValue, Method};
 fn table_yaml(routes: usize, sticky: bool) -> String {
     let mut yaml = String::from("backends:\n");
     for b in 0..10 {
-        yaml.push_str(&format!("  b{b}: {{url: 'http://127.0.0.1:{}'}}\n", 9000 + b));
+        yaml.push_str(&format!(
+            "  b{b}: {{url: 'http://127.0.0.1:{}'}}\n",
+            9000 + b
+        ));
     }
     yaml.push_str("routes:\n");
     for r in 0..routes {
@@ -41,7 +44,10 @@ fn snapshot(yaml: &str) -> Snapshot {
 }
 
 fn route_pick(c: &mut Criterion) {
-    for (name, sticky) in [("route_pick_90_10_sticky", true), ("route_pick_90_10_random", false)] {
+    for (name, sticky) in [
+        ("route_pick_90_10_sticky", true),
+        ("route_pick_90_10_random", false),
+    ] {
         // Five routes; the request matches the fourth, as a mid-table route would.
         let snapshot = snapshot(&table_yaml(5, sticky));
         let mut headers = HeaderMap::new();

@@ -1,9 +1,10 @@
 //! Request-head checks hyper leaves to us, per RFC 9112 and as the strictest of Envoy, nginx
-//! and HAProxy apply them: ambiguous framing (request smuggling) and a missing, repeated or
-//! invalid `Host`. A rejected request is answered 400 and its connection closed, never
-//! forwarded. Hyper itself rejects NUL and bare CR in field values and oversized heads.
+//! and HAProxy apply them: a missing, repeated or invalid `Host` or target authority.
+//! Ambiguous framing is found in the raw bytes (`framing`); hyper itself rejects NUL and bare
+//! CR in field values, differing `Content-Length`s and oversized heads. A rejected request is
+//! answered 400 and its connection closed, never forwarded.
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::HOST;
 use http::{Request, Version};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,32 +32,32 @@ impl Rejection {
 /// taken from an absolute-form target or `:authority` before `Host`.
 pub fn inspect<B>(req: &Request<B>) -> Result<Option<&str>, Rejection> {
     let headers = req.headers();
-    if req.version() <= Version::HTTP_11 {
-        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-        if let Some(first) = lengths.next() {
-            if headers.contains_key(TRANSFER_ENCODING) || lengths.any(|other| other != first) {
-                return Err(Rejection::AmbiguousFraming);
-            }
-        }
-    }
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
         return Err(Rejection::DuplicateHost);
     }
+    // Absolute-form and HTTP/2 `:authority` name the target; Host is then only a duplicate.
+    let target = match req.uri().authority() {
+        Some(authority) => match host_without_port(authority.as_str()) {
+            Some(_) => Some(authority.as_str()),
+            None => return Err(Rejection::InvalidHost),
+        },
+        None => None,
+    };
     let host = match host {
         Some(value) => {
             let text = value.to_str().map_err(|_| Rejection::InvalidHost)?;
-            if !text.is_empty() && host_without_port(text).is_none() {
+            // An empty Host is allowed only when the target names the authority itself.
+            if host_without_port(text).is_none() && !(text.is_empty() && target.is_some()) {
                 return Err(Rejection::InvalidHost);
             }
-            Some(text).filter(|t| !t.is_empty())
+            Some(text)
         }
         None if req.version() == Version::HTTP_11 => return Err(Rejection::MissingHost),
         None => None,
     };
-    // Absolute-form and HTTP/2 `:authority` name the target; Host is then only a duplicate.
-    Ok(req.uri().authority().map(|a| a.as_str()).or(host))
+    Ok(target.or(host))
 }
 
 /// The host part of `host[:port]`, if the whole is a valid authority without user info.
@@ -131,29 +132,13 @@ mod tests {
         assert_eq!(inspect(&absolute), Ok(Some("b.example")));
         let old = request(Version::HTTP_10, "/", &[]);
         assert_eq!(inspect(&old), Ok(None));
-    }
-
-    #[test]
-    fn framing_rules() {
-        let both = request(
+        let empty = request(Version::HTTP_11, "/", &[("host", "")]);
+        assert_eq!(inspect(&empty), Err(Rejection::InvalidHost));
+        let userinfo = request(
             Version::HTTP_11,
-            "/",
-            &[
-                ("host", "a"),
-                ("content-length", "3"),
-                ("transfer-encoding", "chunked"),
-            ],
+            "http://u@b.example/",
+            &[("host", "b.example")],
         );
-        assert_eq!(inspect(&both), Err(Rejection::AmbiguousFraming));
-        let differing = request(
-            Version::HTTP_11,
-            "/",
-            &[
-                ("host", "a"),
-                ("content-length", "3"),
-                ("content-length", "4"),
-            ],
-        );
-        assert_eq!(inspect(&differing), Err(Rejection::AmbiguousFraming));
+        assert_eq!(inspect(&userinfo), Err(Rejection::InvalidHost));
     }
 }

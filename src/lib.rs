@@ -12,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod forward;
+pub mod framing;
 pub mod headers;
 pub mod hygiene;
 pub mod proxy;

@@ -36,11 +36,17 @@ impl Proxy {
         Proxy { live }
     }
 
+    /// Serves one request from `peer`. `ambiguous_framing`: the raw head had conflicting
+    /// length fields that hyper resolved on its own (see `framing`).
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
         peer: SocketAddr,
+        ambiguous_framing: bool,
     ) -> Response<ProxyBody> {
+        if ambiguous_framing {
+            return reject(Rejection::AmbiguousFraming);
+        }
         let snapshot = self.live.load_full();
         let authority = match hygiene::inspect(&req) {
             Ok(authority) => authority.map(str::to_owned),
@@ -104,6 +110,10 @@ impl Proxy {
         match upstream.send(outbound).await {
             Ok(mut response) => {
                 let status = response.status();
+                if has_ambiguous_framing(response.headers()) {
+                    let err = ProxyError::Protocol("Content-Length with Transfer-Encoding".into());
+                    return upstream_error(telemetry, &route.name, &upstream.name, err);
+                }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
                     let Some(client_upgrade) = client_upgrade else {
                         let err =
@@ -126,6 +136,12 @@ impl Proxy {
             Err(err) => upstream_error(telemetry, &route.name, &upstream.name, err),
         }
     }
+}
+
+/// A response that could be read two ways must not be relayed in either.
+fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
+    headers.contains_key(http::header::TRANSFER_ENCODING)
+        && headers.contains_key(http::header::CONTENT_LENGTH)
 }
 
 /// Match a route and pick a backend. Allocates nothing.

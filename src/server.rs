@@ -15,12 +15,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
 use crate::config::{format_percent, Config};
+use crate::framing::{FramingWatch, Sniffed};
 use crate::proxy::Proxy;
 use crate::reload::{self, Reloader};
 use crate::telemetry;
@@ -177,6 +178,25 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits until a new connection has sent enough to tell HTTP/1 from HTTP/2. Hyper's header
+/// timer starts only after that, so without this a client that connects and stays silent
+/// (or stalls inside the HTTP/2 preface) would hold the connection forever.
+async fn first_bytes_arrive(stream: &TcpStream, timeout: Duration) -> bool {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let wait = async {
+        let mut buf = [0u8; PREFACE.len()];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) => return true,
+                // Part of the preface: peek returns at once, so wait a little for the rest.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+}
+
 /// Accepts proxy connections until `shutdown` flips, then hands back the tracker of the
 /// connections still open so the caller can drain them.
 async fn serve_proxy(
@@ -212,16 +232,21 @@ async fn serve_proxy(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
-        let service = service_fn(move |req: hyper::Request<Incoming>| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
+            if !first_bytes_arrive(&stream, header_timeout).await {
+                return;
+            }
+            let watch = Arc::new(FramingWatch::default());
+            let io = TokioIo::new(Sniffed::new(stream, watch.clone()));
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let proxy = proxy.clone();
+                let ambiguous = watch.next_request_is_ambiguous();
+                async move { Ok::<_, Infallible>(proxy.handle(req, peer, ambiguous).await) }
+            });
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %err, "connection closed with an error");
             }
         });

@@ -1,0 +1,368 @@
+//! Finds request heads whose framing is ambiguous before hyper normalizes them away.
+//!
+//! Hyper resolves `Content-Length` + `Transfer-Encoding` as RFC 9112 permits (it drops the
+//! length, decodes chunked, then closes), so the handler can no longer see that both were
+//! sent. cutover's contract is stricter, like nginx: such a request is a smuggling attempt,
+//! answered 400 and never forwarded. [`Sniffed`] wraps an HTTP/1 connection, follows message
+//! boundaries in the bytes hyper reads (head, then a sized or chunked body), and records the
+//! sequence number of every ambiguous head; the handler compares it with its own count.
+//! It never changes a byte, and gives up (tracks nothing more) on anything it cannot follow,
+//! such as an upgrade, leaving hyper's own checks in charge.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Heads larger than this are hyper's to reject (431); we stop following the connection.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 128;
+
+/// Shared between the connection's reader and its request handler.
+#[derive(Default)]
+pub struct FramingWatch {
+    /// 1-based number of the first ambiguous request head; 0 while there is none.
+    ambiguous_head: AtomicU32,
+    /// Requests the handler has taken from this connection.
+    requests: AtomicU32,
+}
+
+impl FramingWatch {
+    /// Called once per request, in order: true when this request's head was ambiguous.
+    pub fn next_request_is_ambiguous(&self) -> bool {
+        let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        self.ambiguous_head.load(Ordering::Acquire) == number
+    }
+}
+
+enum State {
+    /// Reading a head; the bytes seen so far when it spans reads.
+    Head,
+    /// Skipping a sized body.
+    Body(u64),
+    Chunked(Chunk),
+    /// Not following this connection any more.
+    Off,
+}
+
+#[derive(Clone, Copy)]
+enum Chunk {
+    /// Reading the hex size; extensions up to LF are skipped.
+    Size {
+        size: u64,
+        digits_done: bool,
+    },
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines until an empty one; `line_len` counts non-CR bytes in the current line.
+    Trailers {
+        line_len: usize,
+    },
+}
+
+pub struct Sniffed<S> {
+    inner: S,
+    state: State,
+    partial_head: Vec<u8>,
+    heads: u32,
+    watch: Arc<FramingWatch>,
+}
+
+impl<S> Sniffed<S> {
+    pub fn new(inner: S, watch: Arc<FramingWatch>) -> Sniffed<S> {
+        Sniffed {
+            inner,
+            state: State::Head,
+            partial_head: Vec::new(),
+            heads: 0,
+            watch,
+        }
+    }
+
+    fn observe(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            bytes = match self.state {
+                State::Off => return,
+                State::Head => self.observe_head(bytes),
+                State::Body(remaining) => {
+                    let take = remaining.min(bytes.len() as u64);
+                    self.state = if take == remaining {
+                        State::Head
+                    } else {
+                        State::Body(remaining - take)
+                    };
+                    &bytes[take as usize..]
+                }
+                State::Chunked(chunk) => self.observe_chunk(chunk, bytes),
+            };
+        }
+    }
+
+    fn observe_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
+        // Blank lines before a request line are allowed (RFC 9112 §2.2).
+        let bytes = if self.partial_head.is_empty() {
+            let start = bytes.iter().position(|&b| b != b'\r' && b != b'\n');
+            match start {
+                Some(start) => &bytes[start..],
+                None => return &[],
+            }
+        } else {
+            bytes
+        };
+        if self.partial_head.is_empty() {
+            if let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n") {
+                self.head_complete(&bytes[..end + 4]);
+                return &bytes[end + 4..];
+            }
+        } else {
+            let searched = self.partial_head.len().saturating_sub(3);
+            self.partial_head.extend_from_slice(bytes);
+            if let Some(end) = memchr::memmem::find(&self.partial_head[searched..], b"\r\n\r\n") {
+                let head_len = searched + end + 4;
+                let rest = self.partial_head.len() - head_len;
+                let head = std::mem::take(&mut self.partial_head);
+                self.head_complete(&head[..head_len]);
+                self.partial_head = head;
+                self.partial_head.clear();
+                return &bytes[bytes.len() - rest..];
+            }
+            if self.partial_head.len() > MAX_HEAD {
+                self.state = State::Off;
+            }
+            return &[];
+        }
+        if bytes.len() > MAX_HEAD {
+            self.state = State::Off;
+        } else {
+            self.partial_head.extend_from_slice(bytes);
+        }
+        &[]
+    }
+
+    fn head_complete(&mut self, head: &[u8]) {
+        self.heads += 1;
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
+            // Hyper rejects it and closes the connection.
+            self.state = State::Off;
+            return;
+        }
+        let mut content_length: Option<&[u8]> = None;
+        let mut lengths_differ = false;
+        let mut transfer_encoding: Option<&[u8]> = None;
+        let mut upgrade = request.method == Some("CONNECT");
+        for header in request.headers.iter() {
+            if header.name.eq_ignore_ascii_case("content-length") {
+                lengths_differ |= content_length.is_some_and(|first| first != header.value);
+                content_length = Some(header.value);
+            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+                transfer_encoding = Some(header.value);
+            } else if header.name.eq_ignore_ascii_case("upgrade") {
+                upgrade = true;
+            }
+        }
+        if (content_length.is_some() && transfer_encoding.is_some()) || lengths_differ {
+            let _ = self.watch.ambiguous_head.compare_exchange(
+                0,
+                self.heads,
+                Ordering::Release,
+                Ordering::Relaxed,
+            );
+            // Hyper closes the connection after this request; nothing after it matters.
+            self.state = State::Off;
+            return;
+        }
+        self.state = if upgrade {
+            State::Off
+        } else if let Some(coding) = transfer_encoding {
+            if coding
+                .trim_ascii()
+                .to_ascii_lowercase()
+                .ends_with(b"chunked")
+            {
+                State::Chunked(Chunk::Size {
+                    size: 0,
+                    digits_done: false,
+                })
+            } else {
+                State::Off
+            }
+        } else if let Some(length) = content_length {
+            match std::str::from_utf8(length)
+                .ok()
+                .and_then(|l| l.trim().parse::<u64>().ok())
+            {
+                Some(0) => State::Head,
+                Some(n) => State::Body(n),
+                None => State::Off,
+            }
+        } else {
+            State::Head
+        };
+    }
+
+    fn observe_chunk<'a>(&mut self, chunk: Chunk, bytes: &'a [u8]) -> &'a [u8] {
+        let mut chunk = chunk;
+        let mut consumed = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            match chunk {
+                Chunk::Size { size, digits_done } => {
+                    if b == b'\n' {
+                        chunk = if size == 0 {
+                            Chunk::Trailers { line_len: 0 }
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    } else if !digits_done && b.is_ascii_hexdigit() {
+                        let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
+                        match size.checked_mul(16).and_then(|s| s.checked_add(digit)) {
+                            Some(size) => chunk = Chunk::Size { size, digits_done },
+                            None => {
+                                self.state = State::Off;
+                                return &[];
+                            }
+                        }
+                    } else {
+                        chunk = Chunk::Size {
+                            size,
+                            digits_done: true,
+                        };
+                    }
+                }
+                Chunk::Data(remaining) => {
+                    let available = (bytes.len() - i) as u64;
+                    let take = remaining.min(available);
+                    self.state = State::Chunked(if take == remaining {
+                        Chunk::DataEnd
+                    } else {
+                        Chunk::Data(remaining - take)
+                    });
+                    return &bytes[i + take as usize..];
+                }
+                Chunk::DataEnd => {
+                    if b == b'\n' {
+                        chunk = Chunk::Size {
+                            size: 0,
+                            digits_done: false,
+                        };
+                    }
+                }
+                Chunk::Trailers { line_len } => {
+                    if b == b'\n' {
+                        if line_len == 0 {
+                            self.state = State::Head;
+                            return &bytes[i + 1..];
+                        }
+                        chunk = Chunk::Trailers { line_len: 0 };
+                    } else if b != b'\r' {
+                        chunk = Chunk::Trailers {
+                            line_len: line_len + 1,
+                        };
+                    }
+                }
+            }
+            consumed = i + 1;
+        }
+        self.state = State::Chunked(chunk);
+        &bytes[consumed..]
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            if !matches!(this.state, State::Off) {
+                let fresh = &buf.filled()[before..];
+                this.observe(fresh);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads_flagged(chunks: &[&[u8]]) -> (u32, Vec<bool>) {
+        let watch = Arc::new(FramingWatch::default());
+        let mut sniffed = Sniffed::new((), watch.clone());
+        for chunk in chunks {
+            sniffed.observe(chunk);
+        }
+        let flagged = (0..sniffed.heads)
+            .map(|_| watch.next_request_is_ambiguous())
+            .collect();
+        (sniffed.heads, flagged)
+    }
+
+    #[test]
+    fn follows_sized_and_chunked_bodies_to_the_next_head() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+            POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+            GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(heads_flagged(&[stream]), (3, vec![false, false, true]));
+        // The same bytes one at a time.
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(heads_flagged(&bytes), (3, vec![false, false, true]));
+    }
+
+    #[test]
+    fn differing_lengths_are_ambiguous() {
+        let head: &[u8] =
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(heads_flagged(&[head]), (1, vec![true]));
+    }
+
+    #[test]
+    fn a_body_that_looks_like_a_head_is_not_a_head() {
+        let body = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        assert_eq!(heads_flagged(&[head.as_bytes(), body]), (1, vec![false]));
+    }
+}
