@@ -128,34 +128,34 @@ impl ProxyError {
 }
 
 impl Upstream {
-    /// The backend URI for a request path: the backend's base path, then `path` with
-    /// `strip` leading bytes removed (a route's matched prefix with `strip_prefix`).
-    pub fn uri_for(
-        &self,
-        path: &str,
-        query: Option<&str>,
-        strip: usize,
-    ) -> Result<Uri, http::Error> {
-        let rest = path.get(strip..).unwrap_or("");
-        let mut target = String::with_capacity(
-            self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 2),
-        );
-        target.push_str(&self.base_path);
-        if !rest.starts_with('/') {
-            target.push('/');
-        }
-        target.push_str(rest);
-        if let Some(query) = query {
-            target.push('?');
-            target.push_str(query);
-        }
-        Ok(Uri::from_parts({
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
-            parts.authority = Some(self.authority.clone());
-            parts.path_and_query = Some(PathAndQuery::try_from(target)?);
-            parts
-        })?)
+    /// The backend URI for a request target: the backend's base path, then the target's
+    /// path with `strip` leading bytes removed (a route's matched prefix), then its query.
+    pub fn uri_for(&self, target: &Uri, strip: usize) -> Result<Uri, http::Error> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = match target.path_and_query() {
+            // The common case reuses the target as it came.
+            Some(original) if self.base_path.is_empty() && strip == 0 => Some(original.clone()),
+            _ => {
+                let rest = target.path().get(strip..).unwrap_or("");
+                let query = target.query();
+                let mut joined = String::with_capacity(
+                    self.base_path.len() + rest.len() + query.map_or(0, |q| q.len() + 2),
+                );
+                joined.push_str(&self.base_path);
+                if !rest.starts_with('/') {
+                    joined.push('/');
+                }
+                joined.push_str(rest);
+                if let Some(query) = query {
+                    joined.push('?');
+                    joined.push_str(query);
+                }
+                Some(PathAndQuery::try_from(joined)?)
+            }
+        };
+        Ok(Uri::from_parts(parts)?)
     }
 
     pub fn version(&self) -> Version {

@@ -77,32 +77,53 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
     })
 }
 
+/// The client end of a connection, with its address rendered once per connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: std::net::SocketAddr,
+    /// The peer's IP as an `X-Forwarded-For` entry.
+    pub forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: std::net::SocketAddr) -> Peer {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Peer {
+            addr,
+            forwarded_for,
+        }
+    }
+}
+
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`. A trusted
 /// peer's own `-Proto`/`-Host` are kept: it saw the client, we did not.
 pub fn set_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
-    host: Option<&str>,
+    peer: &Peer,
+    host: Option<&HeaderValue>,
     peer_trusted: bool,
 ) {
-    let mut chain = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(v) = value.to_str() {
-            chain.push_str(v);
-            chain.push_str(", ");
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = Vec::new();
+        for value in headers.get_all(&X_FORWARDED_FOR) {
+            chain.extend_from_slice(value.as_bytes());
+            chain.extend_from_slice(b", ");
         }
-    }
-    chain.push_str(&peer.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR.clone(), value);
+        chain.extend_from_slice(peer.forwarded_for.as_bytes());
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(chain)) {
+            headers.insert(X_FORWARDED_FOR.clone(), value);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR.clone(), peer.forwarded_for.clone());
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
         headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
     if !(peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        match host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        match host {
             Some(value) => {
-                headers.insert(X_FORWARDED_HOST.clone(), value);
+                headers.insert(X_FORWARDED_HOST.clone(), value.clone());
             }
             None => {
                 headers.remove(&X_FORWARDED_HOST);
@@ -115,7 +136,7 @@ pub fn set_forwarded(
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(&X_REQUEST_ID) {
         let id = format!("{:032x}", rand::random::<u128>());
-        if let Ok(value) = HeaderValue::from_str(&id) {
+        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
     }

@@ -4,7 +4,7 @@
 //! CR in field values, differing `Content-Length`s and oversized heads. A rejected request is
 //! answered 400 and its connection closed, never forwarded.
 
-use http::header::HOST;
+use http::header::{HeaderValue, HOST};
 use http::{Request, Version};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,9 +28,30 @@ impl Rejection {
     }
 }
 
-/// Checks a request head and returns the authority the client addressed (`host[:port]`),
-/// taken from an absolute-form target or `:authority` before `Host`.
-pub fn inspect<B>(req: &Request<B>) -> Result<Option<&str>, Rejection> {
+/// The authority a client addressed (`host[:port]`), validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Addressed {
+    pub value: HeaderValue,
+    /// From an absolute-form target or HTTP/2 `:authority` rather than the `Host` field, so
+    /// `Host` must be set from it when forwarding.
+    pub from_target: bool,
+}
+
+impl Addressed {
+    pub fn as_str(&self) -> &str {
+        // Validated as an authority, hence visible ASCII.
+        self.value.to_str().unwrap_or_default()
+    }
+
+    /// The host without port, for route matching.
+    pub fn host(&self) -> Option<&str> {
+        host_without_port(self.as_str())
+    }
+}
+
+/// Checks a request head and returns the authority the client addressed, taken from an
+/// absolute-form target or `:authority` before `Host`.
+pub fn inspect<B>(req: &Request<B>) -> Result<Option<Addressed>, Rejection> {
     let headers = req.headers();
     let mut hosts = headers.get_all(HOST).iter();
     let host = hosts.next();
@@ -40,7 +61,9 @@ pub fn inspect<B>(req: &Request<B>) -> Result<Option<&str>, Rejection> {
     // Absolute-form and HTTP/2 `:authority` name the target; Host is then only a duplicate.
     let target = match req.uri().authority() {
         Some(authority) => match host_without_port(authority.as_str()) {
-            Some(_) => Some(authority.as_str()),
+            Some(_) => Some(
+                HeaderValue::from_str(authority.as_str()).map_err(|_| Rejection::InvalidHost)?,
+            ),
             None => return Err(Rejection::InvalidHost),
         },
         None => None,
@@ -52,12 +75,22 @@ pub fn inspect<B>(req: &Request<B>) -> Result<Option<&str>, Rejection> {
             if host_without_port(text).is_none() && !(text.is_empty() && target.is_some()) {
                 return Err(Rejection::InvalidHost);
             }
-            Some(text)
+            Some(value.clone())
         }
         None if req.version() == Version::HTTP_11 => return Err(Rejection::MissingHost),
         None => None,
     };
-    Ok(target.or(host))
+    Ok(match (target, host) {
+        (Some(value), _) => Some(Addressed {
+            value,
+            from_target: true,
+        }),
+        (None, Some(value)) => Some(Addressed {
+            value,
+            from_target: false,
+        }),
+        (None, None) => None,
+    })
 }
 
 /// The host part of `host[:port]`, if the whole is a valid authority without user info.
@@ -119,7 +152,7 @@ mod tests {
     #[test]
     fn host_rules_for_http11() {
         let ok = request(Version::HTTP_11, "/", &[("host", "a.example")]);
-        assert_eq!(inspect(&ok), Ok(Some("a.example")));
+        assert_eq!(inspect(&ok).unwrap().unwrap().as_str(), "a.example");
         let missing = request(Version::HTTP_11, "/", &[]);
         assert_eq!(inspect(&missing), Err(Rejection::MissingHost));
         let twice = request(Version::HTTP_11, "/", &[("host", "a"), ("host", "b")]);
@@ -129,7 +162,11 @@ mod tests {
             "http://b.example/x",
             &[("host", "a.example")],
         );
-        assert_eq!(inspect(&absolute), Ok(Some("b.example")));
+        let addressed = inspect(&absolute).unwrap().unwrap();
+        assert_eq!(
+            (addressed.as_str(), addressed.from_target),
+            ("b.example", true)
+        );
         let old = request(Version::HTTP_10, "/", &[]);
         assert_eq!(inspect(&old), Ok(None));
         let empty = request(Version::HTTP_11, "/", &[("host", "")]);

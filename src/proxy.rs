@@ -1,7 +1,6 @@
 //! The request path, top to bottom: check the head → match a route → pick a backend →
 //! forward → record. It loads the live snapshot once per request and takes no lock.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,8 +11,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::forward::{ProxyBody, ProxyError};
-use crate::headers;
-use crate::hygiene::{self, Rejection};
+use crate::headers::{self, Peer};
+use crate::hygiene::{self, Addressed, Rejection};
 use crate::routing::RequestHead;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
@@ -41,21 +40,23 @@ impl Proxy {
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Peer,
         ambiguous_framing: bool,
     ) -> Response<ProxyBody> {
         if ambiguous_framing {
             return reject(Rejection::AmbiguousFraming);
         }
         let snapshot = self.live.load_full();
-        let authority = match hygiene::inspect(&req) {
-            Ok(authority) => authority.map(str::to_owned),
+        let addressed = match hygiene::inspect(&req) {
+            Ok(addressed) => addressed,
             Err(rejection) => return reject(rejection),
         };
         let trusted = &snapshot.config.trusted_proxies;
-        let client_ip = headers::client_ip(peer.ip(), req.headers(), trusted);
+        let peer_ip = peer.addr.ip();
+        let client_ip = headers::client_ip(peer_ip, req.headers(), trusted);
 
-        let Some(decision) = decide(&snapshot, &req, authority.as_deref(), client_ip) else {
+        let host = addressed.as_ref().and_then(Addressed::host);
+        let Some(decision) = decide(&snapshot, &req, host, client_ip) else {
             return plain(
                 StatusCode::NOT_FOUND,
                 "no-route",
@@ -75,7 +76,7 @@ impl Proxy {
         };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let uri = match upstream.uri_for(parts.uri.path(), parts.uri.query(), decision.strip) {
+        let uri = match upstream.uri_for(&parts.uri, decision.strip) {
             Ok(uri) => uri,
             Err(_) => {
                 return plain(
@@ -89,17 +90,15 @@ impl Proxy {
         if let Some(upgrade) = upgrade.clone() {
             headers::restore_upgrade(&mut parts.headers, upgrade);
         }
-        if let Some(authority) = authority.as_deref() {
+        if let Some(addressed) = addressed.as_ref().filter(|a| a.from_target) {
             // Absolute-form and HTTP/2 requests name their host in the target, not `Host`.
-            if let Ok(value) = HeaderValue::from_str(authority) {
-                parts.headers.insert(HOST, value);
-            }
+            parts.headers.insert(HOST, addressed.value.clone());
         }
         headers::set_forwarded(
             &mut parts.headers,
-            peer.ip(),
-            authority.as_deref(),
-            headers::is_trusted(peer.ip(), trusted),
+            &peer,
+            addressed.as_ref().map(|a| &a.value),
+            headers::is_trusted(peer_ip, trusted),
         );
         headers::ensure_request_id(&mut parts.headers);
         parts.uri = uri;
@@ -148,14 +147,14 @@ fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
 fn decide(
     snapshot: &Snapshot,
     req: &Request<Incoming>,
-    authority: Option<&str>,
+    host: Option<&str>,
     client_ip: std::net::IpAddr,
 ) -> Option<Decision> {
     let head = RequestHead {
         method: req.method(),
         path: req.uri().path(),
         query: req.uri().query(),
-        host: authority.and_then(hygiene::host_without_port),
+        host,
         headers: req.headers(),
         client_ip,
     };

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Admin};
 use crate::config::{format_percent, Config};
 use crate::framing::{FramingWatch, Sniffed};
+use crate::headers::Peer;
 use crate::proxy::Proxy;
 use crate::reload::{self, Reloader};
 use crate::telemetry;
@@ -240,10 +241,12 @@ async fn serve_proxy(
             }
             let watch = Arc::new(FramingWatch::default());
             let io = TokioIo::new(Sniffed::new(stream, watch.clone()));
+            let client = Peer::new(peer);
             let service = service_fn(move |req: hyper::Request<Incoming>| {
                 let proxy = proxy.clone();
+                let client = client.clone();
                 let ambiguous = watch.next_request_is_ambiguous();
-                async move { Ok::<_, Infallible>(proxy.handle(req, peer, ambiguous).await) }
+                async move { Ok::<_, Infallible>(proxy.handle(req, client, ambiguous).await) }
             });
             let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(err) = watcher.watch(conn.into_owned()).await {

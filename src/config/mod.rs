@@ -64,8 +64,7 @@ pub fn compile_text(path: &Path, text: &str) -> Loaded {
             message,
         }]
     })?;
-    let index = locate::LocationIndex::build(text);
-    validate::validate(raw, path, &index)
+    validate::validate(raw, path, text)
 }
 
 /// The single place YAML is deserialized: swapping serde_yaml for a fork is a change here.

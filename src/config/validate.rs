@@ -30,15 +30,17 @@ const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
 
 struct Validator<'a> {
     file: &'a Path,
-    index: &'a LocationIndex,
+    /// Where to find each error's location: the field path of the offending YAML node.
+    locate_at: Vec<String>,
     errors: Vec<ConfigError>,
     warnings: Vec<String>,
 }
 
-pub fn validate(raw: RawConfig, file: &Path, index: &LocationIndex) -> Loaded {
+/// `text` is the file's content; it is read again only to locate errors, if there are any.
+pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
     let mut v = Validator {
         file,
-        index,
+        locate_at: Vec::new(),
         errors: Vec::new(),
         warnings: Vec::new(),
     };
@@ -132,6 +134,10 @@ pub fn validate(raw: RawConfig, file: &Path, index: &LocationIndex) -> Loaded {
     }
 
     if !v.errors.is_empty() {
+        let index = LocationIndex::build(text);
+        for (error, at) in v.errors.iter_mut().zip(&v.locate_at) {
+            error.location = index.find(at);
+        }
         return Err(v.errors);
     }
     Ok(Config {
@@ -156,9 +162,10 @@ impl Validator<'_> {
 
     /// An error shown under `path` but located at `at` (e.g. the offending map key).
     fn error_at(&mut self, path: &str, at: &str, message: String) {
+        self.locate_at.push(at.to_owned());
         self.errors.push(ConfigError {
             file: self.file.to_path_buf(),
-            location: self.index.find(at),
+            location: None,
             path: path.to_owned(),
             message,
         });
