@@ -11,9 +11,8 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cutover::config;
-use cutover::forward::UpstreamCache;
 use cutover::routing::RequestHead;
-use cutover::snapshot::Snapshot;
+use cutover::snapshot::{Carried, Snapshot};
 use http::{HeaderMap, HeaderValue, Method};
 
 fn table_yaml(routes: usize, sticky: bool) -> String {
@@ -40,7 +39,7 @@ fn table_yaml(routes: usize, sticky: bool) -> String {
 
 fn snapshot(yaml: &str) -> Snapshot {
     let config = config::compile_text(Path::new("bench.yaml"), yaml).expect("valid bench config");
-    Snapshot::build(config, 1, &mut UpstreamCache::default())
+    Snapshot::build(config, 1, &mut Carried::default(), Default::default())
 }
 
 fn route_pick(c: &mut Criterion) {
@@ -67,7 +66,9 @@ fn route_pick(c: &mut Criterion) {
                     client_ip: IpAddr::from([127, 0, 0, 1]),
                 };
                 let route = snapshot.routes.find(&head).expect("matches");
-                black_box(snapshot.routes.routes[route].pick(&head))
+                black_box(
+                    snapshot.routes.routes[route].pick(&head, snapshot.kills[route].is_some()),
+                )
             })
         });
     }
@@ -75,12 +76,12 @@ fn route_pick(c: &mut Criterion) {
 
 fn config_compile(c: &mut Criterion) {
     let yaml = table_yaml(1000, true);
-    let mut cache = UpstreamCache::default();
+    let mut carried = Carried::default();
     c.bench_function("config_compile_1000_routes", |b| {
         b.iter(|| {
             let config = config::compile_text(Path::new("bench.yaml"), black_box(&yaml))
                 .expect("valid bench config");
-            black_box(Snapshot::build(config, 2, &mut cache))
+            black_box(Snapshot::build(config, 2, &mut carried, Default::default()))
         })
     });
 }

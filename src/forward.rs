@@ -20,10 +20,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::BackendSpec;
 use crate::telemetry::FailureReason;
 
-/// Body of every message cutover sends: a streamed one it relays, or one it wrote itself.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+/// Body of a request to a backend: streamed from the client, or buffered for a replay.
+pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 
-type PooledClient = Client<HttpConnector, ProxyBody>;
+type PooledClient = Client<HttpConnector, UpstreamBody>;
 
 /// A backend as the request path sees it.
 pub struct Upstream {
@@ -52,6 +52,15 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// True when the backend gave no response at all (connect refused, connect timeout, or
+    /// reset before a response head): an idempotent request may be replayed elsewhere.
+    pub fn allows_fallback(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Reset(_)
+        )
+    }
+
     /// The failure reason, or `None` when the client is to blame.
     pub fn reason(&self) -> Option<FailureReason> {
         match self {
@@ -167,7 +176,7 @@ impl Upstream {
     }
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.
-    pub async fn send(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, ProxyError> {
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(err)) => Err(ProxyError::classify(&err)),

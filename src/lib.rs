@@ -8,16 +8,20 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod body;
 pub mod check;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod forward;
 pub mod framing;
 pub mod headers;
 pub mod hygiene;
+pub mod overrides;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod window;

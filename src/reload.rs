@@ -1,220 +1,21 @@
-//! The one reload path. Startup, file changes, SIGHUP and the admin API all call
-//! [`Reloader::reload`], which parses, validates and compiles a complete snapshot off the
-//! request path and publishes it with a single swap, or changes nothing and says why.
+//! What triggers a reload (the file's directory changing, SIGHUP) and how a reload is
+//! described. Every trigger calls the one reload path, [`Control::reload`].
 //!
 //! The watcher follows the config file's *directory*, never a canonicalized path, so editors'
 //! atomic renames and the Kubernetes ConfigMap `..data` symlink swap are both seen.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::config::{self, format_percent, Config, ConfigError};
-use crate::forward::UpstreamCache;
-use crate::snapshot::{Generation, LiveSnapshot, Snapshot};
-use crate::telemetry;
+use crate::config::{format_percent, Config};
+use crate::control::Control;
 
 /// How long the file must be quiet before a change is read: editors write in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-
-#[derive(Debug)]
-pub enum ReloadOutcome {
-    Applied {
-        generation: Generation,
-        diff: Vec<String>,
-    },
-    Rejected {
-        errors: Vec<ConfigError>,
-    },
-    Unchanged {
-        generation: Generation,
-    },
-}
-
-/// The result of the most recent reload attempt, for status displays.
-#[derive(Clone, Debug)]
-pub struct LastReload {
-    pub at: SystemTime,
-    pub trigger: &'static str,
-    /// `Ok(generation)` or the errors of a rejected file.
-    pub result: Result<Generation, Vec<String>>,
-}
-
-struct ReloadState {
-    /// Content of the last file read, to skip events that change nothing.
-    last_text: String,
-    last_errors: Option<Vec<ConfigError>>,
-    generation: Generation,
-    upstreams: UpstreamCache,
-    last: LastReload,
-}
-
-pub struct Reloader {
-    path: PathBuf,
-    live: Arc<LiveSnapshot>,
-    /// Serializes reloads; never touched by the request path.
-    state: Mutex<ReloadState>,
-}
-
-impl Reloader {
-    /// Loads the config for the first time. Fails with every error if it is not valid.
-    pub fn start(path: &Path) -> Result<Reloader, Vec<ConfigError>> {
-        let text = read(path)?;
-        let config = config::compile_text(path, &text).inspect_err(|_| {
-            telemetry::config_reload("error");
-        })?;
-        for warning in &config.warnings {
-            tracing::warn!("{}: {warning}", path.display());
-        }
-        let mut upstreams = UpstreamCache::default();
-        let snapshot = Snapshot::build(config, 1, &mut upstreams);
-        snapshot.export_gauges();
-        telemetry::config_reload("success");
-        Ok(Reloader {
-            path: path.to_path_buf(),
-            live: Arc::new(LiveSnapshot::from_pointee(snapshot)),
-            state: Mutex::new(ReloadState {
-                last_text: text,
-                last_errors: None,
-                generation: 1,
-                upstreams,
-                last: LastReload {
-                    at: SystemTime::now(),
-                    trigger: "startup",
-                    result: Ok(1),
-                },
-            }),
-        })
-    }
-
-    pub fn live(&self) -> Arc<LiveSnapshot> {
-        self.live.clone()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn last(&self) -> LastReload {
-        self.lock().last.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, ReloadState> {
-        // A panic mid-reload leaves the old snapshot live; the state is still usable.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Re-reads the file and applies it if it is valid and different.
-    pub fn reload(&self, trigger: &'static str) -> ReloadOutcome {
-        let mut state = self.lock();
-        let outcome = self.reload_locked(&mut state, trigger);
-        let (result, label) = match &outcome {
-            ReloadOutcome::Applied { generation, diff } => {
-                tracing::info!(
-                    trigger,
-                    generation,
-                    "config applied: {}",
-                    if diff.is_empty() {
-                        "no routing change".to_owned()
-                    } else {
-                        diff.join("; ")
-                    }
-                );
-                (Ok(*generation), "success")
-            }
-            ReloadOutcome::Rejected { errors } => {
-                for error in errors {
-                    tracing::error!(
-                        trigger,
-                        "config rejected, still serving generation {}: {error}",
-                        state.generation
-                    );
-                }
-                (
-                    Err(errors.iter().map(ToString::to_string).collect()),
-                    "error",
-                )
-            }
-            ReloadOutcome::Unchanged { generation } => {
-                tracing::debug!(trigger, generation, "config unchanged");
-                (Ok(*generation), "unchanged")
-            }
-        };
-        telemetry::config_reload(label);
-        state.last = LastReload {
-            at: SystemTime::now(),
-            trigger,
-            result,
-        };
-        outcome
-    }
-
-    fn reload_locked(&self, state: &mut ReloadState, trigger: &'static str) -> ReloadOutcome {
-        let text = match read(&self.path) {
-            Ok(text) => text,
-            Err(errors) => return ReloadOutcome::Rejected { errors },
-        };
-        if text == state.last_text {
-            return match &state.last_errors {
-                Some(errors) => ReloadOutcome::Rejected {
-                    errors: errors.clone(),
-                },
-                None => ReloadOutcome::Unchanged {
-                    generation: state.generation,
-                },
-            };
-        }
-        state.last_text = text;
-        let config = match config::compile_text(&self.path, &state.last_text) {
-            Ok(config) => config,
-            Err(errors) => {
-                state.last_errors = Some(errors.clone());
-                return ReloadOutcome::Rejected { errors };
-            }
-        };
-        state.last_errors = None;
-        let current = self.live.load_full();
-        let mut diff = describe_changes(&current.config, &config);
-        for warning in &config.warnings {
-            tracing::warn!(trigger, "{}: {warning}", self.path.display());
-        }
-        for (what, old, new) in [
-            ("listen", current.config.listen, config.listen),
-            (
-                "admin.listen",
-                current.config.admin.listen,
-                config.admin.listen,
-            ),
-        ] {
-            if old != new {
-                tracing::warn!("{what} changed from {old} to {new}: listeners change only on restart, still serving on {old}");
-                diff.push(format!("{what} {old} → {new} (needs a restart)"));
-            }
-        }
-        state.generation += 1;
-        let snapshot = Snapshot::build(config, state.generation, &mut state.upstreams);
-        self.live.store(Arc::new(snapshot));
-        self.live.load().export_gauges();
-        ReloadOutcome::Applied {
-            generation: state.generation,
-            diff,
-        }
-    }
-}
-
-fn read(path: &Path) -> Result<String, Vec<ConfigError>> {
-    std::fs::read_to_string(path).map_err(|err| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            path: String::new(),
-            message: format!("cannot read: {err}"),
-        }]
-    })
-}
 
 /// One line per routing change, e.g. `payments: payments-v2 10% → 25%, legacy 90% → 75%`.
 pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
@@ -282,8 +83,8 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 
 /// Watches the config's directory and reloads after changes to the file or `..data`.
 /// The returned watcher must be kept alive.
-pub fn watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatcher> {
-    let path = reloader.path().to_path_buf();
+pub fn watch(control: Arc<Control>) -> notify::Result<notify::RecommendedWatcher> {
+    let path = control.path().to_path_buf();
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
@@ -304,20 +105,20 @@ pub fn watch(reloader: Arc<Reloader>) -> notify::Result<notify::RecommendedWatch
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload("file")).await;
+            let control = control.clone();
+            let _ = tokio::task::spawn_blocking(move || control.reload("file")).await;
         }
     });
     Ok(watcher)
 }
 
 /// Reloads on every SIGHUP.
-pub fn reload_on_sighup(reloader: Arc<Reloader>) -> std::io::Result<()> {
+pub fn reload_on_sighup(control: Arc<Control>) -> std::io::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            let reloader = reloader.clone();
-            let _ = tokio::task::spawn_blocking(move || reloader.reload("sighup")).await;
+            let control = control.clone();
+            let _ = tokio::task::spawn_blocking(move || control.reload("sighup")).await;
         }
     });
     Ok(())

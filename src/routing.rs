@@ -175,7 +175,6 @@ pub struct Route {
     pub targets: Vec<SplitTarget>,
     pub sticky: Option<StickySource>,
     pub strip_prefix: bool,
-    pub kill: bool,
 }
 
 impl Route {
@@ -194,9 +193,10 @@ impl Route {
             .collect()
     }
 
-    /// Index into `targets` of the backend that serves this request.
-    pub fn pick(&self, req: &RequestHead<'_>) -> usize {
-        if self.kill {
+    /// Index into `targets` of the backend that serves this request. A killed route sends
+    /// everything to stable.
+    pub fn pick(&self, req: &RequestHead<'_>, killed: bool) -> usize {
+        if killed {
             return 0;
         }
         let bucket = match &self.sticky {
@@ -406,22 +406,25 @@ mod tests {
             targets: Route::targets_from_split(&[(0, BUCKETS - new_share), (1, new_share)]),
             sticky: Some(StickySource::Header(HeaderName::from_static("x-user-id"))),
             strip_prefix: false,
-            kill: false,
         }
     }
 
     fn backend_for(route: &Route, key: &str) -> usize {
+        backend_for_killed(route, key, false)
+    }
+
+    fn backend_for_killed(route: &Route, key: &str, killed: bool) -> usize {
         let mut headers = HeaderMap::new();
         headers.insert("x-user-id", HeaderValue::from_str(key).unwrap());
-        let target = route.pick(&head(&Method::GET, "/", &headers));
+        let target = route.pick(&head(&Method::GET, "/", &headers), killed);
         route.targets[target].backend
     }
 
     #[test]
     fn kill_sends_everything_to_stable() {
-        let mut route = two_way(BUCKETS);
-        route.kill = true;
-        assert_eq!(backend_for(&route, "anyone"), 0);
+        let route = two_way(BUCKETS);
+        assert_eq!(backend_for(&route, "anyone"), 1);
+        assert_eq!(backend_for_killed(&route, "anyone", true), 0);
     }
 
     proptest! {

@@ -21,10 +21,11 @@ use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
 use crate::config::{format_percent, Config};
+use crate::control::Control;
 use crate::framing::{FramingWatch, Sniffed};
 use crate::headers::Peer;
 use crate::proxy::Proxy;
-use crate::reload::{self, Reloader};
+use crate::reload;
 use crate::telemetry;
 
 /// Largest request head accepted; larger gets 431.
@@ -56,14 +57,14 @@ where
 /// Serves the config at `path` until SIGTERM or SIGINT.
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
     let metrics = telemetry::install_recorder()?;
-    let reloader = match Reloader::start(path) {
-        Ok(reloader) => Arc::new(reloader),
+    let control = match Control::start(path) {
+        Ok(control) => Arc::new(control),
         Err(errors) => {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
             bail!("invalid config:\n{}", list.join("\n"));
         }
     };
-    let live = reloader.live();
+    let live = control.live();
     let config = live.load_full().config.clone();
     check_admin_exposure(&config)?;
 
@@ -72,21 +73,21 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
-    let _watcher = match reload::watch(reloader.clone()) {
+    let _watcher = match reload::watch(control.clone()) {
         Ok(watcher) => Some(watcher),
         Err(err) => {
             tracing::warn!(error = %err, "cannot watch the config directory; reload with SIGHUP");
             None
         }
     };
-    reload::reload_on_sighup(reloader.clone()).context("installing the SIGHUP handler")?;
+    reload::reload_on_sighup(control.clone()).context("installing the SIGHUP handler")?;
 
     let admin = Arc::new(Admin {
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let proxy = Arc::new(Proxy::new(live.clone()));
+    let proxy = Arc::new(Proxy::new(control.clone()));
     let proxy_task = tokio::spawn(serve_proxy(
         proxy_listener,
         proxy,

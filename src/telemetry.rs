@@ -6,10 +6,18 @@
 
 use anyhow::Context;
 use http::StatusCode;
-use metrics::{counter, describe_counter, describe_gauge, gauge, Counter};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Histogram, Unit,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS_TOTAL: &str = "cutover_requests_total";
+pub const REQUEST_DURATION_SECONDS: &str = "cutover_request_duration_seconds";
+pub const GUARD_TRIPS_TOTAL: &str = "cutover_guard_trips_total";
+pub const FALLBACKS_TOTAL: &str = "cutover_fallbacks_total";
 pub const UPSTREAM_FAILURES_TOTAL: &str = "cutover_upstream_failures_total";
 pub const ROUTE_WEIGHT: &str = "cutover_route_weight";
 pub const ROUTE_KILLED: &str = "cutover_route_killed";
@@ -19,8 +27,26 @@ pub const CONFIG_GENERATION: &str = "cutover_config_generation";
 /// Installs the process-wide Prometheus recorder. Call once, before any snapshot is built.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
+            &DURATION_BUCKETS,
+        )
+        .context("setting histogram buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    describe_histogram!(
+        REQUEST_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from receiving a request to the backend's response head (or cutover's own error)."
+    );
+    describe_counter!(
+        GUARD_TRIPS_TOTAL,
+        "Times a route's guard killed it for the error rate of a non-stable backend."
+    );
+    describe_counter!(
+        FALLBACKS_TOTAL,
+        "Requests replayed on the stable backend after a non-stable one could not be reached."
+    );
     describe_counter!(
         REQUESTS_TOTAL,
         "Proxied requests by route, backend and status class (error: no response from the backend)."
@@ -78,12 +104,33 @@ impl FailureReason {
     }
 }
 
+/// 0.5 ms to 10 s, roughly ×2 per bucket.
+const DURATION_BUCKETS: [f64; 16] = [
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    f64::INFINITY,
+];
+
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 /// Counter handles for one backend of one route.
 pub struct TargetTelemetry {
     requests: [Counter; 6],
     failures: [Counter; 4],
+    duration: Histogram,
 }
 
 impl TargetTelemetry {
@@ -99,17 +146,39 @@ impl TargetTelemetry {
             requests: CODE_CLASSES.map(|code| counter!(REQUESTS_TOTAL, &labels(("code", code)))),
             failures: FailureReason::ALL
                 .map(|r| counter!(UPSTREAM_FAILURES_TOTAL, &labels(("reason", r.as_str())))),
+            duration: histogram!(
+                REQUEST_DURATION_SECONDS,
+                "route" => route.to_owned(),
+                "backend" => backend.to_owned()
+            ),
         }
     }
 
-    pub fn response(&self, status: StatusCode) {
+    pub fn response(&self, status: StatusCode, elapsed: Duration) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         self.requests[class].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
     }
 
-    pub fn failure(&self, reason: FailureReason) {
+    pub fn failure(&self, reason: FailureReason, elapsed: Duration) {
         self.requests[5].increment(1);
         self.failures[reason as usize].increment(1);
+        self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Counter handles for one route.
+pub struct RouteTelemetry {
+    pub guard_trips: Counter,
+    pub fallbacks: Counter,
+}
+
+impl RouteTelemetry {
+    pub fn new(route: &str) -> RouteTelemetry {
+        RouteTelemetry {
+            guard_trips: counter!(GUARD_TRIPS_TOTAL, "route" => route.to_owned()),
+            fallbacks: counter!(FALLBACKS_TOTAL, "route" => route.to_owned()),
+        }
     }
 }
 

@@ -1,0 +1,343 @@
+//! The one writer of the live snapshot. Reloads (startup, file watch, SIGHUP, the admin API)
+//! and kill switches (API, CLI, guard) all go through [`Control`], which serializes them,
+//! builds the next snapshot off the request path, and publishes it with one swap.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use crate::config::{self, ConfigError};
+use crate::overrides::{Kill, KillSource, Overrides};
+use crate::reload::describe_changes;
+use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
+use crate::telemetry;
+
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Applied {
+        generation: Generation,
+        diff: Vec<String>,
+    },
+    Rejected {
+        errors: Vec<ConfigError>,
+    },
+    Unchanged {
+        generation: Generation,
+    },
+}
+
+/// The result of the most recent reload attempt, for status displays.
+#[derive(Clone, Debug)]
+pub struct LastReload {
+    pub at: SystemTime,
+    pub trigger: &'static str,
+    /// `Ok(generation)` or the errors of a rejected file.
+    pub result: Result<Generation, Vec<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("no route named {0:?}")]
+    UnknownRoute(String),
+    #[error("route {0:?} is killed in the config file; set kill: false there to resume it")]
+    KilledInConfig(String),
+    #[error("{0}")]
+    Startup(String),
+}
+
+/// What a kill or resume did, and whether it was written to `state_file`.
+#[derive(Debug)]
+pub struct OverrideOutcome {
+    pub changed: Vec<String>,
+    /// `Err` when the change is live but could not be persisted.
+    pub persisted: Result<(), String>,
+}
+
+struct ControlState {
+    /// Content of the last file read, to skip events that change nothing.
+    last_text: String,
+    last_errors: Option<Vec<ConfigError>>,
+    generation: Generation,
+    carried: Carried,
+    last: LastReload,
+}
+
+pub struct Control {
+    path: PathBuf,
+    live: Arc<LiveSnapshot>,
+    /// Serializes every change; never touched by the request path.
+    state: Mutex<ControlState>,
+}
+
+impl Control {
+    /// Loads the config and the runtime overrides for the first time.
+    pub fn start(path: &Path) -> Result<Control, Vec<ConfigError>> {
+        let text = read(path)?;
+        let config = config::compile_text(path, &text).inspect_err(|_| {
+            telemetry::config_reload("error");
+        })?;
+        for warning in &config.warnings {
+            tracing::warn!("{}: {warning}", path.display());
+        }
+        let overrides = Overrides::load(&config.state_file).map_err(|message| {
+            vec![ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                path: "state_file".to_owned(),
+                message,
+            }]
+        })?;
+        for (route, kill) in &overrides.routes {
+            tracing::warn!(route, by = kill.by.as_str(), at = %kill.at, "route is killed: {}", kill.reason);
+        }
+        let mut carried = Carried::default();
+        let snapshot = Snapshot::build(config, 1, &mut carried, Arc::new(overrides));
+        snapshot.export_gauges();
+        telemetry::config_reload("success");
+        Ok(Control {
+            path: path.to_path_buf(),
+            live: Arc::new(LiveSnapshot::from_pointee(snapshot)),
+            state: Mutex::new(ControlState {
+                last_text: text,
+                last_errors: None,
+                generation: 1,
+                carried,
+                last: LastReload {
+                    at: SystemTime::now(),
+                    trigger: "startup",
+                    result: Ok(1),
+                },
+            }),
+        })
+    }
+
+    pub fn live(&self) -> Arc<LiveSnapshot> {
+        self.live.clone()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_reload(&self) -> LastReload {
+        self.lock().last.clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ControlState> {
+        // A panic mid-change leaves the old snapshot live; the state is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Re-reads the file and applies it if it is valid and different.
+    pub fn reload(&self, trigger: &'static str) -> ReloadOutcome {
+        let mut state = self.lock();
+        let outcome = self.reload_locked(&mut state, trigger);
+        let (result, label) = match &outcome {
+            ReloadOutcome::Applied { generation, diff } => {
+                let summary = if diff.is_empty() {
+                    "no routing change".to_owned()
+                } else {
+                    diff.join("; ")
+                };
+                tracing::info!(trigger, generation, "config applied: {summary}");
+                (Ok(*generation), "success")
+            }
+            ReloadOutcome::Rejected { errors } => {
+                for error in errors {
+                    tracing::error!(
+                        trigger,
+                        "config rejected, still serving generation {}: {error}",
+                        state.generation
+                    );
+                }
+                (
+                    Err(errors.iter().map(ToString::to_string).collect()),
+                    "error",
+                )
+            }
+            ReloadOutcome::Unchanged { generation } => {
+                tracing::debug!(trigger, generation, "config unchanged");
+                (Ok(*generation), "unchanged")
+            }
+        };
+        telemetry::config_reload(label);
+        state.last = LastReload {
+            at: SystemTime::now(),
+            trigger,
+            result,
+        };
+        outcome
+    }
+
+    fn reload_locked(&self, state: &mut ControlState, trigger: &'static str) -> ReloadOutcome {
+        let text = match read(&self.path) {
+            Ok(text) => text,
+            Err(errors) => return ReloadOutcome::Rejected { errors },
+        };
+        if text == state.last_text {
+            return match &state.last_errors {
+                Some(errors) => ReloadOutcome::Rejected {
+                    errors: errors.clone(),
+                },
+                None => ReloadOutcome::Unchanged {
+                    generation: state.generation,
+                },
+            };
+        }
+        state.last_text = text;
+        let config = match config::compile_text(&self.path, &state.last_text) {
+            Ok(config) => config,
+            Err(errors) => {
+                state.last_errors = Some(errors.clone());
+                return ReloadOutcome::Rejected { errors };
+            }
+        };
+        state.last_errors = None;
+        let current = self.live.load_full();
+        let mut diff = describe_changes(&current.config, &config);
+        for warning in &config.warnings {
+            tracing::warn!(trigger, "{}: {warning}", self.path.display());
+        }
+        for (what, old, new) in [
+            ("listen", current.config.listen, config.listen),
+            (
+                "admin.listen",
+                current.config.admin.listen,
+                config.admin.listen,
+            ),
+        ] {
+            if old != new {
+                tracing::warn!("{what} changed from {old} to {new}: listeners change only on restart, still serving on {old}");
+                diff.push(format!("{what} {old} → {new} (needs a restart)"));
+            }
+        }
+        state.generation += 1;
+        let snapshot = Snapshot::build(
+            config,
+            state.generation,
+            &mut state.carried,
+            current.overrides.clone(),
+        );
+        self.publish(snapshot);
+        ReloadOutcome::Applied {
+            generation: state.generation,
+            diff,
+        }
+    }
+
+    fn publish(&self, snapshot: Snapshot) {
+        let snapshot = Arc::new(snapshot);
+        self.live.store(snapshot.clone());
+        snapshot.export_gauges();
+    }
+
+    /// Kills the named routes (all routes for `None`): 100% to stable from the next request.
+    pub fn kill_routes(
+        &self,
+        names: Option<&[&str]>,
+        kill: Kill,
+    ) -> Result<OverrideOutcome, ControlError> {
+        self.change_routes(names, |overrides, name| {
+            if overrides.routes.contains_key(name) {
+                return false;
+            }
+            overrides.routes.insert(name.to_owned(), kill.clone());
+            true
+        })
+    }
+
+    /// Removes runtime kills of the named routes (all for `None`); the YAML split applies again.
+    pub fn resume_routes(&self, names: Option<&[&str]>) -> Result<OverrideOutcome, ControlError> {
+        if let Some(names) = names {
+            let current = self.live.load();
+            for name in names {
+                if let Some(spec) = current.config.routes.iter().find(|r| r.name == *name) {
+                    if spec.kill {
+                        return Err(ControlError::KilledInConfig((*name).to_owned()));
+                    }
+                }
+            }
+        }
+        self.change_routes(names, |overrides, name| {
+            overrides.routes.remove(name).is_some()
+        })
+    }
+
+    fn change_routes(
+        &self,
+        names: Option<&[&str]>,
+        mut change: impl FnMut(&mut Overrides, &str) -> bool,
+    ) -> Result<OverrideOutcome, ControlError> {
+        let _state = self.lock();
+        let current = self.live.load_full();
+        let all: Vec<&str> = current
+            .config
+            .routes
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        let names = match names {
+            Some(names) => {
+                if let Some(unknown) = names.iter().find(|n| !all.contains(n)) {
+                    return Err(ControlError::UnknownRoute((*unknown).to_owned()));
+                }
+                names.to_vec()
+            }
+            None => all,
+        };
+        let mut overrides = (*current.overrides).clone();
+        let changed: Vec<String> = names
+            .into_iter()
+            .filter(|name| change(&mut overrides, name))
+            .map(str::to_owned)
+            .collect();
+        if changed.is_empty() {
+            return Ok(OverrideOutcome {
+                changed,
+                persisted: Ok(()),
+            });
+        }
+        // Publish first: the switch must hold from the next request, before the disk write.
+        let snapshot = Arc::new(current.with_overrides(Arc::new(overrides)));
+        self.live.store(snapshot.clone());
+        snapshot.export_gauges();
+        for name in &changed {
+            if let Some(index) = snapshot.route_index(name) {
+                if snapshot.kills[index].is_some() {
+                    snapshot.runtime[index].kill_signal.send_modify(|n| *n += 1);
+                }
+            }
+        }
+        let persisted = snapshot
+            .overrides
+            .save(&snapshot.config.state_file)
+            .map_err(|err| format!("writing {}: {err}", snapshot.config.state_file.display()));
+        if let Err(err) = &persisted {
+            tracing::error!("runtime override applied but not persisted: {err}");
+        }
+        Ok(OverrideOutcome { changed, persisted })
+    }
+
+    /// Called by the guard from the request path: kills `route` unless it already is.
+    pub fn guard_trip(&self, route: &str, reason: String) -> bool {
+        let kill = Kill::now(KillSource::Guard, reason.clone());
+        match self.kill_routes(Some(&[route]), kill) {
+            Ok(outcome) if !outcome.changed.is_empty() => {
+                tracing::warn!(route, "guard tripped, route killed: {reason}");
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, Vec<ConfigError>> {
+    std::fs::read_to_string(path).map_err(|err| {
+        vec![ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            path: String::new(),
+            message: format!("cannot read: {err}"),
+        }]
+    })
+}
