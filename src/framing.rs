@@ -19,7 +19,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Heads larger than this are hyper's to reject (431); we stop following the connection.
 const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 128;
 
 /// Shared between the connection's reader and its request handler.
 #[derive(Default)]
@@ -145,28 +144,33 @@ impl<S> Sniffed<S> {
 
     fn head_complete(&mut self, head: &[u8]) {
         self.heads += 1;
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut headers);
-        if !matches!(request.parse(head), Ok(httparse::Status::Complete(_))) {
-            // Hyper rejects it and closes the connection.
-            self.state = State::Off;
-            return;
-        }
+        // Only the framing fields matter here, and hyper validates the rest; so a line scan,
+        // not a full parse.
+        let mut lines = head.split(|&b| b == b'\n');
+        let request_line = lines.next().unwrap_or_default();
         let mut content_length: Option<&[u8]> = None;
         let mut lengths_differ = false;
-        let mut transfer_encoding: Option<&[u8]> = None;
-        let mut upgrade = request.method == Some("CONNECT");
-        for header in request.headers.iter() {
-            if header.name.eq_ignore_ascii_case("content-length") {
-                lengths_differ |= content_length.is_some_and(|first| first != header.value);
-                content_length = Some(header.value);
-            } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                transfer_encoding = Some(header.value);
-            } else if header.name.eq_ignore_ascii_case("upgrade") {
+        let mut transfer_encoding = false;
+        let mut chunked = false;
+        let mut upgrade =
+            request_line.starts_with(b"CONNECT ") || request_line.starts_with(b"PRI ");
+        for line in lines {
+            let Some(colon) = memchr::memchr(b':', line) else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if name.eq_ignore_ascii_case(b"content-length") {
+                lengths_differ |= content_length.is_some_and(|first| first != value);
+                content_length = Some(value);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                transfer_encoding = true;
+                let last_coding = value.rsplit(|&b| b == b',').next().unwrap_or_default();
+                chunked = last_coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 upgrade = true;
             }
         }
-        if (content_length.is_some() && transfer_encoding.is_some()) || lengths_differ {
+        if (content_length.is_some() && transfer_encoding) || lengths_differ {
             let _ = self.watch.ambiguous_head.compare_exchange(
                 0,
                 self.heads,
@@ -177,25 +181,18 @@ impl<S> Sniffed<S> {
             self.state = State::Off;
             return;
         }
-        self.state = if upgrade {
+        self.state = if upgrade || (transfer_encoding && !chunked) {
+            // An upgrade leaves HTTP; a non-chunked coding is rejected by hyper.
             State::Off
-        } else if let Some(coding) = transfer_encoding {
-            if coding
-                .trim_ascii()
-                .to_ascii_lowercase()
-                .ends_with(b"chunked")
-            {
-                State::Chunked(Chunk::Size {
-                    size: 0,
-                    digits_done: false,
-                })
-            } else {
-                State::Off
-            }
+        } else if transfer_encoding {
+            State::Chunked(Chunk::Size {
+                size: 0,
+                digits_done: false,
+            })
         } else if let Some(length) = content_length {
             match std::str::from_utf8(length)
                 .ok()
-                .and_then(|l| l.trim().parse::<u64>().ok())
+                .and_then(|l| l.parse::<u64>().ok())
             {
                 Some(0) => State::Head,
                 Some(n) => State::Body(n),

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use http::header::{HeaderName, HeaderValue, CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderName, HeaderValue, CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
 use ipnet::IpNet;
 
@@ -19,19 +19,22 @@ static TRAILER: HeaderName = HeaderName::from_static("trailer");
 /// hop-by-hop set and every field named in `Connection`. `TE: trailers` survives because
 /// gRPC over HTTP/2 needs it end to end. `Host` is never removed, whatever `Connection` says.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .filter(|name| name != HOST)
-            .collect();
-        for name in named {
-            headers.remove(name);
+    // Most messages carry none of these; checking the names present is cheaper than removing
+    // each fixed name in turn.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named = headers.get_all(CONNECTION).iter().count();
+    if named == 1 {
+        if let Some(connection) = headers.remove(CONNECTION) {
+            remove_named(headers, &connection);
         }
+    } else if named > 1 {
+        let values: Vec<HeaderValue> = headers.get_all(CONNECTION).iter().cloned().collect();
         headers.remove(CONNECTION);
+        for value in &values {
+            remove_named(headers, value);
+        }
     }
     let keeps_trailers = headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
     for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TRAILER] {
@@ -39,9 +42,31 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove(TRANSFER_ENCODING);
     headers.remove(UPGRADE);
-    headers.remove(TE);
-    if keeps_trailers {
+    if headers.remove(TE).is_some() && keeps_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == TRAILER
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
+/// Removes the fields a `Connection` value names (never `Host`).
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(value) = connection.to_str() else {
+        return;
+    };
+    for token in value.split(',').map(str::trim) {
+        if !token.is_empty() && !token.eq_ignore_ascii_case("host") {
+            // An invalid name cannot be present; `remove` then finds nothing.
+            headers.remove(token);
+        }
     }
 }
 
@@ -135,8 +160,14 @@ pub fn set_forwarded(
 /// Adds a random `x-request-id` unless the client sent one.
 pub fn ensure_request_id(headers: &mut HeaderMap) {
     if !headers.contains_key(&X_REQUEST_ID) {
-        let id = format!("{:032x}", rand::random::<u128>());
-        if let Ok(value) = HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let random = rand::random::<u128>().to_be_bytes();
+        let mut id = [0u8; 32];
+        for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&id) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
     }
