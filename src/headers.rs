@@ -204,6 +204,7 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HOST;
 
     #[test]
     fn strips_fixed_and_connection_named_fields() {
