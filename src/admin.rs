@@ -1,55 +1,91 @@
-//! The admin listener (loopback by default):
+//! The admin listener (loopback by default). Every endpoint:
 //!
-//! | method path      | does                                                     |
-//! |------------------|----------------------------------------------------------|
-//! | GET `/healthz`   | 200 while the process serves                              |
-//! | GET `/readyz`    | 200 once config is loaded and listeners are bound, 503 while shutting down |
-//! | GET `/metrics`   | Prometheus text                                           |
+//! | method path                          | does                                              |
+//! |--------------------------------------|---------------------------------------------------|
+//! | GET `/healthz`                       | 200 while the process serves                      |
+//! | GET `/readyz`                        | 200 once config is loaded and listeners bound; 503 while shutting down |
+//! | GET `/metrics`                       | Prometheus text                                   |
+//! | GET `/api/status`                    | JSON: generation, last reload, routes, live stats |
+//! | POST `/api/routes/{name}/kill`       | kill switch for one route (body: optional `{"reason": "...", "source": "cli"}`) |
+//! | POST `/api/routes/{name}/resume`     | undo a runtime kill                               |
+//! | POST `/api/kill`, `/api/resume`      | every route at once                               |
+//! | POST `/api/reload`                   | reload now: 200 with the generation, or 422 with every error |
+//!
+//! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
+//! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome};
+use crate::overrides::{Kill, KillSource};
+use crate::status::Status;
+
+const MAX_BODY: usize = 64 * 1024;
+
 pub struct Admin {
+    pub control: Arc<Control>,
     pub metrics: PrometheusHandle,
+    /// The bearer token every POST must carry; `None` refuses every POST.
+    pub token: Option<String>,
     /// Set once listeners are bound; cleared when shutdown begins so load balancers drain.
     pub ready: AtomicBool,
 }
 
+type AdminResponse = Response<Full<Bytes>>;
+
+/// Optional body of a kill call.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KillRequest {
+    reason: Option<String>,
+    /// `api` (default) or `cli`: who to record as having pulled the switch.
+    source: Option<String>,
+}
+
 impl Admin {
-    fn handle(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-        let path = req.uri().path();
-        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
-            return text(
-                StatusCode::NOT_FOUND,
-                "text/plain; charset=utf-8",
-                "not found\n".into(),
-            );
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> AdminResponse {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        if method == Method::POST {
+            if let Some(refusal) = self.authenticate(&req) {
+                return refusal;
+            }
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(body) => body.to_bytes(),
+                Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "body over 64 KiB"),
+            };
+            return self.mutate(&path, &body).await;
         }
-        if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut response = text(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain; charset=utf-8",
-                "method not allowed\n".into(),
-            );
-            response
-                .headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
+        if method != Method::GET && method != Method::HEAD {
+            return match self.allowed(&path) {
+                Some(allow) => {
+                    let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+                    response
+                        .headers_mut()
+                        .insert(ALLOW, HeaderValue::from_static(allow));
+                    response
+                }
+                None => error(StatusCode::NOT_FOUND, "not found"),
+            };
         }
-        match path {
+        match path.as_str() {
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(
                 StatusCode::OK,
@@ -61,22 +97,183 @@ impl Admin {
                 "text/plain; charset=utf-8",
                 "not ready\n".into(),
             ),
-            _ => text(
+            "/metrics" => text(
                 StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
                 self.metrics.render(),
             ),
+            "/api/status" => {
+                let snapshot = self.control.live().load_full();
+                let status =
+                    Status::of(&snapshot, self.control.path(), &self.control.last_reload());
+                json_response(StatusCode::OK, &status)
+            }
+            _ if self.allowed(&path).is_some() => {
+                let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static("POST"));
+                response
+            }
+            _ => error(StatusCode::NOT_FOUND, "not found"),
+        }
+    }
+
+    /// The methods a known path takes, for 405 answers.
+    fn allowed(&self, path: &str) -> Option<&'static str> {
+        match path {
+            "/healthz" | "/readyz" | "/metrics" | "/api/status" => Some("GET, HEAD"),
+            "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
+            _ if route_action(path).is_some() => Some("POST"),
+            _ => None,
+        }
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>) -> Option<AdminResponse> {
+        let Some(expected) = self.token.as_deref() else {
+            return Some(error(
+                StatusCode::FORBIDDEN,
+                "no admin token is configured: set the variable named by admin.token_env and restart",
+            ));
+        };
+        let presented = req
+            .headers()
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            None => {
+                let mut response = error(StatusCode::UNAUTHORIZED, "missing bearer token");
+                response
+                    .headers_mut()
+                    .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                Some(response)
+            }
+            Some(token) if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) => None,
+            Some(_) => Some(error(StatusCode::FORBIDDEN, "wrong bearer token")),
+        }
+    }
+
+    async fn mutate(&self, path: &str, body: &[u8]) -> AdminResponse {
+        if path == "/api/reload" {
+            let control = self.control.clone();
+            let outcome = tokio::task::spawn_blocking(move || control.reload("api")).await;
+            return match outcome {
+                Ok(ReloadOutcome::Applied { generation, diff }) => json_response(
+                    StatusCode::OK,
+                    &json!({"result": "applied", "generation": generation, "changes": diff}),
+                ),
+                Ok(ReloadOutcome::Unchanged { generation }) => json_response(
+                    StatusCode::OK,
+                    &json!({"result": "unchanged", "generation": generation}),
+                ),
+                Ok(ReloadOutcome::Rejected { errors }) => {
+                    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    json_response(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &json!({"result": "rejected", "errors": errors}),
+                    )
+                }
+                Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+            };
+        }
+        let (route, action) = match (path, route_action(path)) {
+            ("/api/kill", _) => (None, "kill"),
+            ("/api/resume", _) => (None, "resume"),
+            (_, Some((name, action))) => (Some(name), action),
+            _ => return error(StatusCode::NOT_FOUND, "not found"),
+        };
+        let request: KillRequest = if body.iter().all(u8::is_ascii_whitespace) {
+            KillRequest::default()
+        } else {
+            match serde_json::from_slice(body) {
+                Ok(request) => request,
+                Err(err) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("invalid JSON body: {err}"),
+                    )
+                }
+            }
+        };
+        let source = match request.source.as_deref() {
+            None | Some("api") => KillSource::Api,
+            Some("cli") => KillSource::Cli,
+            Some(other) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("source {other:?}: use \"api\" or \"cli\""),
+                )
+            }
+        };
+        let names: Option<Vec<&str>> = route.map(|name| vec![name]);
+        let control = &self.control;
+        let outcome = if action == "kill" {
+            let reason = request
+                .reason
+                .unwrap_or_else(|| format!("killed via {}", source.as_str()));
+            control.kill_routes(names.as_deref(), Kill::now(source, reason))
+        } else {
+            control.resume_routes(names.as_deref())
+        };
+        match outcome {
+            Ok(OverrideOutcome { changed, persisted }) => {
+                tracing::warn!(action, routes = ?changed, by = source.as_str(), "kill switch");
+                json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "action": action,
+                        "changed": changed,
+                        "persisted": persisted.is_ok(),
+                        "persist_error": persisted.err(),
+                    }),
+                )
+            }
+            Err(err @ ControlError::UnknownRoute(_)) => {
+                error(StatusCode::NOT_FOUND, &err.to_string())
+            }
+            Err(err @ ControlError::KilledInConfig(_)) => {
+                error(StatusCode::CONFLICT, &err.to_string())
+            }
+            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
         }
     }
 }
 
-fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+/// `/api/routes/{name}/kill` → `(name, "kill")`.
+fn route_action(path: &str) -> Option<(&str, &'static str)> {
+    let rest = path.strip_prefix("/api/routes/")?;
+    let (name, action) = rest.rsplit_once('/')?;
+    let action = match action {
+        "kill" => "kill",
+        "resume" => "resume",
+        _ => return None,
+    };
+    (!name.is_empty() && !name.contains('/')).then_some((name, action))
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> AdminResponse {
+    let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    body.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn error(status: StatusCode, message: &str) -> AdminResponse {
+    json_response(status, &json!({ "error": message }))
 }
 
 /// Serves the admin API until `shutdown` flips.
@@ -96,8 +293,8 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch
         };
         let admin = admin.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let response = admin.handle(&req);
-            async move { Ok::<_, Infallible>(response) }
+            let admin = admin.clone();
+            async move { Ok::<_, Infallible>(admin.handle(req).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -36,6 +36,10 @@ pub async fn run(ports: DemoPorts) -> anyhow::Result<()> {
         ..ports
     })?;
     let proxy = ports.proxy;
+    let token = std::env::var("CUTOVER_ADMIN_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| format!("demo-{:08x}", rand::random::<u32>()));
     println!(
         "cutover demo: backends legacy on {legacy} and new on {new}, proxy on 127.0.0.1:{proxy}\n\
          config: {config} (edit it; a saved change applies within a second)\n\n\
@@ -43,11 +47,11 @@ pub async fn run(ports: DemoPorts) -> anyhow::Result<()> {
          curl -s localhost:{proxy}/api/checkout -H 'x-user-id: alice'   # sticky: alice always lands on the same backend\n  \
          for i in $(seq 100); do curl -s localhost:{proxy}/api/checkout; done | sort | uniq -c   # about 75 legacy, 25 new\n  \
          curl -s localhost:{proxy}/anything/else                        # 100% legacy\n  \
-         curl -s localhost:{admin}/metrics | grep cutover_requests_total\n",
+         curl -s localhost:{admin}/metrics | grep cutover_requests_total\n\n         roll back and forward (in another shell):\n           export CUTOVER_ADMIN_TOKEN={token}\n           cutover kill checkout --admin http://127.0.0.1:{admin}     # checkout: 100% legacy, now\n           cutover status --admin http://127.0.0.1:{admin}\n           cutover resume checkout --admin http://127.0.0.1:{admin}\n",
         config = path.display(),
         admin = ports.admin,
     );
-    crate::server::serve(&path).await
+    crate::server::serve_with_token(&path, Some(token)).await
 }
 
 fn write_config(ports: DemoPorts) -> anyhow::Result<PathBuf> {

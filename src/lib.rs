@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod body;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
@@ -23,5 +24,6 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod snapshot;
+pub mod status;
 pub mod telemetry;
 pub mod window;

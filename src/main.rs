@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
+use cutover::cli::AdminClient;
 use cutover::demo::DemoPorts;
-use cutover::{check, demo, server, telemetry};
+use cutover::{check, cli, demo, server, telemetry};
 
 // Measured under load: glibc malloc spends about twice mimalloc's share of CPU here.
 #[global_allocator]
@@ -51,6 +52,60 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Send a route's traffic (or every route's, with --all) to its stable backend, now.
+    Kill {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        route: Option<String>,
+        /// Every route at once: the panic button.
+        #[arg(long)]
+        all: bool,
+        /// Recorded with the kill and shown in status.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Undo a runtime kill: the configured split applies again.
+    Resume {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        route: Option<String>,
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Routes, splits, kill state and live per-backend numbers.
+    Status {
+        /// Redraw every second.
+        #[arg(long)]
+        watch: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    /// Base URL of the admin API.
+    #[arg(long = "admin", default_value = "http://127.0.0.1:9901")]
+    url: String,
+    /// Bearer token for kill and resume.
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl AdminArgs {
+    fn client(self) -> AdminClient {
+        AdminClient::new(&self.url, self.token, "CUTOVER_ADMIN_TOKEN")
+    }
+}
+
+/// Runs an admin client call on a small runtime and prints its result.
+fn admin_call<F>(call: F) -> anyhow::Result<()>
+where
+    F: std::future::Future<Output = anyhow::Result<String>>,
+{
+    server::run_blocking(Some(1), async { call.await.map(|o| println!("{o}")) })
 }
 
 fn main() -> ExitCode {
@@ -84,6 +139,27 @@ fn main() -> ExitCode {
                 new: new_port,
             };
             server::run_blocking(threads, demo::run(ports))
+        }
+        Command::Kill {
+            route,
+            all: _,
+            reason,
+            admin,
+        } => {
+            let client = admin.client();
+            admin_call(async move { client.kill(route.as_deref(), reason).await })
+        }
+        Command::Resume {
+            route,
+            all: _,
+            admin,
+        } => {
+            let client = admin.client();
+            admin_call(async move { client.resume(route.as_deref()).await })
+        }
+        Command::Status { watch, admin } => {
+            let client = admin.client();
+            server::run_blocking(Some(1), async move { cli::status(&client, watch).await })
         }
     };
     match result {

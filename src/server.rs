@@ -54,8 +54,14 @@ where
     runtime.block_on(serve)
 }
 
-/// Serves the config at `path` until SIGTERM or SIGINT.
+/// Serves the config at `path` until SIGTERM or SIGINT, with the admin token read from the
+/// environment variable the config names.
 pub async fn serve(path: &Path) -> anyhow::Result<()> {
+    serve_with_token(path, None).await
+}
+
+/// Like [`serve`]; `token` (when given) replaces the environment's admin token.
+pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Result<()> {
     let metrics = telemetry::install_recorder()?;
     let control = match Control::start(path) {
         Ok(control) => Arc::new(control),
@@ -66,7 +72,13 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     };
     let live = control.live();
     let config = live.load_full().config.clone();
-    check_admin_exposure(&config)?;
+    let token = token.or_else(|| {
+        std::env::var(&config.admin.token_env)
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    });
+    check_admin_exposure(&config, token.is_some())?;
 
     let proxy_listener = bind("proxy", config.listen).await?;
     let admin_listener = bind("admin", config.admin.listen).await?;
@@ -82,8 +94,16 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
     };
     reload::reload_on_sighup(control.clone()).context("installing the SIGHUP handler")?;
 
+    if token.is_none() {
+        tracing::warn!(
+            "${} is not set: the admin API is read-only (kill, resume and reload need a token)",
+            config.admin.token_env
+        );
+    }
     let admin = Arc::new(Admin {
+        control: control.clone(),
         metrics: metrics.clone(),
+        token,
         ready: AtomicBool::new(false),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -130,8 +150,7 @@ pub async fn serve(path: &Path) -> anyhow::Result<()> {
 }
 
 /// An admin API reachable from other hosts must have a token.
-fn check_admin_exposure(config: &Config) -> anyhow::Result<()> {
-    let has_token = std::env::var(&config.admin.token_env).is_ok_and(|t| !t.is_empty());
+fn check_admin_exposure(config: &Config, has_token: bool) -> anyhow::Result<()> {
     if !config.admin.listen.ip().is_loopback() && !has_token {
         bail!(
             "admin.listen {} is not loopback and ${} is empty: refusing to expose the admin API without a token",

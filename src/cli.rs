@@ -1,0 +1,165 @@
+//! `cutover kill | resume | status`: thin clients of the admin API, with errors a person at
+//! 3 a.m. can act on.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use crate::status::Status;
+
+pub struct AdminClient {
+    base: String,
+    token: Option<String>,
+    token_env: &'static str,
+}
+
+impl AdminClient {
+    pub fn new(base: &str, token: Option<String>, token_env: &'static str) -> AdminClient {
+        AdminClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.filter(|t| !t.is_empty()),
+            token_env,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let request = request
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .with_context(|| format!("{url} is not a valid admin URL"))?;
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let response = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+            .await
+            .map_err(|_| anyhow!("the admin API at {} did not answer within 10 s", self.base))?
+            .map_err(|err| {
+                anyhow!(
+                    "cannot reach the admin API at {}: {} (is cutover running? --admin sets the address)",
+                    self.base,
+                    root_cause(&err)
+                )
+            })?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await?.to_bytes();
+        let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({}));
+        Ok((status, value))
+    }
+
+    /// POSTs and turns refusals into clear errors.
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let (status, value) = self.call(Method::POST, path, Some(body)).await?;
+        let message = value["error"].as_str().unwrap_or("").to_owned();
+        match status {
+            s if s.is_success() => Ok(value),
+            StatusCode::UNAUTHORIZED => bail!(
+                "the admin API refused: no token sent (set ${} to the admin token)",
+                self.token_env
+            ),
+            StatusCode::FORBIDDEN => bail!("the admin API refused: {message}"),
+            _ if !message.is_empty() => bail!("{message}"),
+            _ => bail!("the admin API answered {status}"),
+        }
+    }
+
+    pub async fn status(&self) -> anyhow::Result<Status> {
+        let (status, value) = self.call(Method::GET, "/api/status", None).await?;
+        if !status.is_success() {
+            bail!("the admin API answered {status} to GET /api/status");
+        }
+        serde_json::from_value(value).context("reading /api/status")
+    }
+
+    /// Kills one route, or all with `None`; prints what changed.
+    pub async fn kill(
+        &self,
+        route: Option<&str>,
+        reason: Option<String>,
+    ) -> anyhow::Result<String> {
+        let path = match route {
+            Some(name) => format!("/api/routes/{name}/kill"),
+            None => "/api/kill".to_owned(),
+        };
+        let mut body = json!({ "source": "cli" });
+        if let Some(reason) = reason {
+            body["reason"] = json!(reason);
+        }
+        let value = self.post(&path, body).await?;
+        Ok(describe(
+            &value,
+            "killed: all traffic to the stable backend",
+            route,
+        ))
+    }
+
+    pub async fn resume(&self, route: Option<&str>) -> anyhow::Result<String> {
+        let path = match route {
+            Some(name) => format!("/api/routes/{name}/resume"),
+            None => "/api/resume".to_owned(),
+        };
+        let value = self.post(&path, json!({ "source": "cli" })).await?;
+        Ok(describe(
+            &value,
+            "resumed: the configured split applies",
+            route,
+        ))
+    }
+}
+
+fn describe(value: &Value, done: &str, route: Option<&str>) -> String {
+    let changed: Vec<&str> = value["changed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut out = if changed.is_empty() {
+        format!("{}: nothing to change", route.unwrap_or("all routes"))
+    } else {
+        format!("{}: {done}", changed.join(", "))
+    };
+    if let Some(err) = value["persist_error"].as_str() {
+        out.push_str(&format!(
+            "\nwarning: applied, but not saved to state_file: {err}"
+        ));
+    }
+    out
+}
+
+fn root_cause(err: &dyn std::error::Error) -> String {
+    let mut cause = err;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
+/// `cutover status [--watch]`.
+pub async fn status(client: &AdminClient, watch: bool) -> anyhow::Result<()> {
+    if !watch {
+        print!("{}", client.status().await?.render());
+        return Ok(());
+    }
+    loop {
+        let screen = match client.status().await {
+            Ok(status) => status.render(),
+            Err(err) => format!("{err:#}\n"),
+        };
+        // Clear the screen and home the cursor, then redraw.
+        print!("\x1b[2J\x1b[H{screen}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

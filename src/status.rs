@@ -1,0 +1,208 @@
+//! The `/api/status` document: what is configured, what is in effect, and how each backend is
+//! doing over its route's window. Shared by the admin API (which writes it) and `cutover
+//! status` (which reads it), so the two can never disagree on a field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::format_percent;
+use crate::control::LastReload;
+use crate::overrides::Kill;
+use crate::snapshot::Snapshot;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Status {
+    pub generation: u64,
+    pub config_file: String,
+    pub last_reload: ReloadStatus,
+    pub routes: Vec<RouteStatus>,
+    /// Runtime kills of routes that are no longer in the config (kept in case they return).
+    pub orphan_kills: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub at: String,
+    pub trigger: String,
+    pub ok: bool,
+    pub generation: Option<u64>,
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RouteStatus {
+    pub name: String,
+    pub stable: String,
+    pub killed: bool,
+    pub kill: Option<Kill>,
+    pub guard: Option<GuardStatus>,
+    pub window_seconds: f64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GuardStatus {
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+    pub window_seconds: f64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    /// Percent of the route's traffic in the config.
+    pub configured: f64,
+    /// Percent actually sent there now (0 or 100 when the route is killed).
+    pub effective: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub requests_per_second: f64,
+    pub error_percent: f64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+impl Status {
+    pub fn of(snapshot: &Snapshot, config_file: &std::path::Path, last: &LastReload) -> Status {
+        let config = &snapshot.config;
+        let routes = config
+            .routes
+            .iter()
+            .enumerate()
+            .map(|(index, spec)| {
+                let effective = snapshot.effective_split(index);
+                let window = snapshot.targets[index]
+                    .first()
+                    .map_or(0.0, |t| t.window.window().as_secs_f64());
+                RouteStatus {
+                    name: spec.name.clone(),
+                    stable: config.backends[spec.stable].name.clone(),
+                    killed: snapshot.kills[index].is_some(),
+                    kill: snapshot.kills[index].clone(),
+                    guard: spec.guard.as_ref().map(|g| GuardStatus {
+                        max_error_rate: g.max_error_rate,
+                        min_requests: g.min_requests,
+                        window_seconds: g.window.as_secs_f64(),
+                    }),
+                    window_seconds: window,
+                    backends: spec
+                        .split
+                        .iter()
+                        .zip(&effective)
+                        .zip(snapshot.targets[index].iter())
+                        .map(|((&(backend, share), &(_, now)), target)| {
+                            let totals = target.window.totals();
+                            BackendStatus {
+                                name: config.backends[backend].name.clone(),
+                                configured: f64::from(share) / 100.0,
+                                effective: f64::from(now) / 100.0,
+                                requests: totals.requests,
+                                errors: totals.errors,
+                                requests_per_second: round2(totals.rate()),
+                                error_percent: round2(totals.error_percent()),
+                                p50_ms: totals.p50.map(|d| round2(d.as_secs_f64() * 1000.0)),
+                                p99_ms: totals.p99.map(|d| round2(d.as_secs_f64() * 1000.0)),
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Status {
+            generation: snapshot.generation,
+            config_file: config_file.display().to_string(),
+            last_reload: ReloadStatus {
+                at: humantime::format_rfc3339_seconds(last.at).to_string(),
+                trigger: last.trigger.to_owned(),
+                ok: last.result.is_ok(),
+                generation: last.result.as_ref().ok().copied(),
+                errors: last.result.as_ref().err().cloned().unwrap_or_default(),
+            },
+            routes,
+            orphan_kills: snapshot
+                .overrides
+                .routes
+                .keys()
+                .filter(|name| snapshot.route_index(name).is_none())
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// A terminal table, one line per backend.
+    pub fn render(&self) -> String {
+        let mut out = format!("generation {}", self.generation);
+        if self.last_reload.ok {
+            out.push_str(&format!(
+                ", last reload ok ({} at {})\n",
+                self.last_reload.trigger, self.last_reload.at
+            ));
+        } else {
+            out.push_str(&format!(
+                ", LAST RELOAD FAILED ({} at {}), still serving generation {}:\n",
+                self.last_reload.trigger, self.last_reload.at, self.generation
+            ));
+            for error in &self.last_reload.errors {
+                out.push_str(&format!("  {error}\n"));
+            }
+        }
+        out.push_str(&format!(
+            "\n{:<20} {:<28} {:>8} {:>7} {:>9} {:>9}  {}\n",
+            "ROUTE", "BACKEND", "SPLIT %", "REQ/S", "ERRORS %", "P99 ms", "STATE"
+        ));
+        for route in &self.routes {
+            let state = match &route.kill {
+                Some(kill) => format!(
+                    "KILLED by {} {}: {}",
+                    kill.by.as_str(),
+                    kill.at,
+                    kill.reason
+                ),
+                None => "live".to_owned(),
+            };
+            for (i, backend) in route.backends.iter().enumerate() {
+                let split = if backend.configured == backend.effective {
+                    percent(backend.configured)
+                } else {
+                    format!(
+                        "{}→{}",
+                        percent(backend.configured),
+                        percent(backend.effective)
+                    )
+                };
+                let name = if backend.name == route.stable {
+                    format!("{} (stable)", backend.name)
+                } else {
+                    backend.name.clone()
+                };
+                out.push_str(&format!(
+                    "{:<20} {:<28} {:>8} {:>7.1} {:>9} {:>9}  {}\n",
+                    if i == 0 { route.name.as_str() } else { "" },
+                    name,
+                    split,
+                    backend.requests_per_second,
+                    if backend.requests == 0 {
+                        "-".to_owned()
+                    } else {
+                        format!("{:.1}", backend.error_percent)
+                    },
+                    backend.p99_ms.map_or("-".to_owned(), |p| format!("{p:.1}")),
+                    if i == 0 { state.as_str() } else { "" },
+                ));
+            }
+        }
+        for orphan in &self.orphan_kills {
+            out.push_str(&format!(
+                "(route {orphan} is not in the config but stays killed if it returns)\n"
+            ));
+        }
+        out
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn percent(value: f64) -> String {
+    format_percent((value * 100.0).round() as u32)
+}
