@@ -57,6 +57,8 @@ struct ControlState {
     /// Content of the last file read, to skip events that change nothing.
     last_text: String,
     last_errors: Option<Vec<ConfigError>>,
+    /// Whether the last read found the same text as the one before.
+    same_text: bool,
     generation: Generation,
     carried: Carried,
     last: LastReload,
@@ -100,6 +102,7 @@ impl Control {
             state: Mutex::new(ControlState {
                 last_text: text,
                 last_errors: None,
+                same_text: false,
                 generation: 1,
                 carried,
                 last: LastReload {
@@ -132,7 +135,28 @@ impl Control {
     pub fn reload(&self, trigger: &'static str) -> ReloadOutcome {
         let mut state = self.lock();
         let outcome = self.reload_locked(&mut state, trigger);
+        // The watcher can report one save as several events; a rejected file read again
+        // unchanged was already reported. SIGHUP and the API re-report it on purpose.
+        if trigger == "file" && state.same_text && matches!(outcome, ReloadOutcome::Rejected { .. })
+        {
+            return outcome;
+        }
         let (result, label) = match &outcome {
+            ReloadOutcome::Applied { generation, .. } => (Ok(*generation), "success"),
+            ReloadOutcome::Rejected { errors } => (
+                Err(errors.iter().map(ToString::to_string).collect()),
+                "error",
+            ),
+            ReloadOutcome::Unchanged { generation } => (Ok(*generation), "unchanged"),
+        };
+        // Count before logging, so whoever sees the log line also sees the count.
+        telemetry::config_reload(label);
+        state.last = LastReload {
+            at: SystemTime::now(),
+            trigger,
+            result,
+        };
+        match &outcome {
             ReloadOutcome::Applied { generation, diff } => {
                 let summary = if diff.is_empty() {
                     "no routing change".to_owned()
@@ -140,7 +164,6 @@ impl Control {
                     diff.join("; ")
                 };
                 tracing::info!(trigger, generation, "config applied: {summary}");
-                (Ok(*generation), "success")
             }
             ReloadOutcome::Rejected { errors } => {
                 for error in errors {
@@ -150,22 +173,11 @@ impl Control {
                         state.generation
                     );
                 }
-                (
-                    Err(errors.iter().map(ToString::to_string).collect()),
-                    "error",
-                )
             }
             ReloadOutcome::Unchanged { generation } => {
                 tracing::debug!(trigger, generation, "config unchanged");
-                (Ok(*generation), "unchanged")
             }
-        };
-        telemetry::config_reload(label);
-        state.last = LastReload {
-            at: SystemTime::now(),
-            trigger,
-            result,
-        };
+        }
         outcome
     }
 
@@ -174,7 +186,8 @@ impl Control {
             Ok(text) => text,
             Err(errors) => return ReloadOutcome::Rejected { errors },
         };
-        if text == state.last_text {
+        state.same_text = text == state.last_text;
+        if state.same_text {
             return match &state.last_errors {
                 Some(errors) => ReloadOutcome::Rejected {
                     errors: errors.clone(),

@@ -51,6 +51,15 @@ impl Backend {
 
     /// `http2_only`: serve h2c with prior knowledge only.
     pub async fn start_h(name: &'static str, http2_only: bool) -> Backend {
+        Backend::serve(name, http2_only, None).await
+    }
+
+    /// A backend whose every response has `status`.
+    pub async fn always(name: &'static str, status: u16) -> Backend {
+        Backend::serve(name, false, Some(status)).await
+    }
+
+    async fn serve(name: &'static str, http2_only: bool, always: Option<u16>) -> Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -59,7 +68,13 @@ impl Backend {
                     continue;
                 };
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(name, req));
+                    let service = service_fn(move |req| async move {
+                        let mut response = handle(name, req).await?;
+                        if let Some(status) = always {
+                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                        }
+                        Ok::<_, Infallible>(response)
+                    });
                     let builder = if http2_only {
                         auto::Builder::new(TokioExecutor::new()).http2_only()
                     } else {
@@ -164,9 +179,22 @@ impl Drop for Cutover {
 impl Cutover {
     /// Writes `yaml` as `cutover.yaml` in a new temporary directory and runs `cutover run`.
     pub fn start(yaml: &str) -> Cutover {
+        Cutover::start_with_env(yaml, &[])
+    }
+
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Cutover {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("cutover.yaml"), yaml).unwrap();
-        Cutover::start_in(dir, "cutover.yaml", &[])
+        Cutover::start_in(dir, "cutover.yaml", env)
+    }
+
+    /// Stops the process and starts it again on the same directory (config and state file).
+    pub fn restart(self, env: &[(&str, &str)]) -> Cutover {
+        let mut this = self;
+        let _ = this.child.kill();
+        let _ = this.child.wait();
+        let dir = std::mem::replace(&mut this.dir, tempfile::tempdir().unwrap());
+        Cutover::start_in(dir, "cutover.yaml", env)
     }
 
     /// Runs `cutover run -c DIR/FILE` on a config already in `dir`.
