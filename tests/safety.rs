@@ -126,7 +126,7 @@ async fn after_a_kill_returns_no_request_reaches_the_new_backend() {
     for worker in workers {
         worker.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let before = seen
         .iter()
         .filter(|(t, b)| *t < killed_at && b == "new")
