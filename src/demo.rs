@@ -47,7 +47,12 @@ pub async fn run(ports: DemoPorts) -> anyhow::Result<()> {
          curl -s localhost:{proxy}/api/checkout -H 'x-user-id: alice'   # sticky: alice always lands on the same backend\n  \
          for i in $(seq 100); do curl -s localhost:{proxy}/api/checkout; done | sort | uniq -c   # about 75 legacy, 25 new\n  \
          curl -s localhost:{proxy}/anything/else                        # 100% legacy\n  \
-         curl -s localhost:{admin}/metrics | grep cutover_requests_total\n\n         roll back and forward (in another shell):\n           export CUTOVER_ADMIN_TOKEN={token}\n           cutover kill checkout --admin http://127.0.0.1:{admin}     # checkout: 100% legacy, now\n           cutover status --admin http://127.0.0.1:{admin}\n           cutover resume checkout --admin http://127.0.0.1:{admin}\n",
+         curl -s localhost:{admin}/metrics | grep cutover_requests_total\n\n\
+         roll back and forward, from another shell:\n  \
+         export CUTOVER_ADMIN_TOKEN={token}\n  \
+         cutover kill checkout --admin http://127.0.0.1:{admin}      # checkout: 100% legacy, now\n  \
+         cutover status --admin http://127.0.0.1:{admin}\n  \
+         cutover resume checkout --admin http://127.0.0.1:{admin}\n",
         config = path.display(),
         admin = ports.admin,
     );

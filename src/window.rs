@@ -40,6 +40,7 @@ impl Slot {
 }
 
 pub struct WindowStats {
+    created: Instant,
     window: Duration,
     slot_ms: u64,
     slots: Box<[Slot]>,
@@ -90,6 +91,7 @@ impl WindowStats {
     pub fn new(window: Duration) -> WindowStats {
         let slot_ms = (window.as_millis() as u64).div_ceil(SLOTS).max(1000);
         WindowStats {
+            created: Instant::now(),
             window,
             slot_ms,
             slots: (0..=SLOTS).map(|_| Slot::new()).collect(),
@@ -169,11 +171,12 @@ impl WindowStats {
                 (seen >= rank).then(|| bucket_upper(i))
             })
         };
-        let elapsed = at.duration_since(process_start()).as_secs_f64();
+        // A window younger than its length covers only the time it has existed.
+        let existed = at.saturating_duration_since(self.created).as_secs_f64();
         WindowTotals {
             requests,
             errors,
-            seconds: self.window.as_secs_f64().min(elapsed.max(1.0)),
+            seconds: self.window.as_secs_f64().min(existed.max(1.0)),
             p50: percentile(0.50),
             p99: percentile(0.99),
         }
