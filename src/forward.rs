@@ -1,10 +1,10 @@
-//! Upstream connection pools and the one call that sends a request to a backend.
+//! Backends as the request path sees them, and the one call that sends a request to one.
 //!
-//! Pools are keyed by what shapes a connection (address, protocol, connect timeout) and are
-//! kept across reloads, so a 10 → 20% edit reuses warm connections instead of opening new ones.
+//! Connection pools ([`crate::pool`]) are keyed by what shapes a connection (address,
+//! protocol, connect timeout) and are kept across reloads, so a 10 → 20% edit reuses warm
+//! connections instead of opening new ones.
 
 use std::collections::HashMap;
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +13,13 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::BackendSpec;
+use crate::pool::Pool;
 use crate::telemetry::FailureReason;
 
 /// Body of a request to a backend: streamed from the client, or buffered for a replay.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
-
-type PooledClient = Client<HttpConnector, UpstreamBody>;
 
 /// A backend as the request path sees it.
 pub struct Upstream {
@@ -32,11 +28,11 @@ pub struct Upstream {
     base_path: String,
     http2: bool,
     request_timeout: Duration,
-    client: PooledClient,
+    pool: Pool,
 }
 
 /// Why a backend gave no usable response. Blame is on the backend for all but `ClientBody`.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ProxyError {
     /// The backend refused or could not be reached.
     Connect(String),
@@ -103,35 +99,15 @@ impl ProxyError {
         }
     }
 
-    fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
-        let mut source = err.source();
-        let mut innermost = String::new();
-        let mut timed_out = false;
-        let mut hyper_kind = None;
-        while let Some(cause) = source {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                timed_out |= io.kind() == std::io::ErrorKind::TimedOut;
-            }
-            if let Some(h) = cause.downcast_ref::<hyper::Error>() {
-                hyper_kind.get_or_insert(if h.is_user() {
-                    ProxyError::ClientBody
-                } else if h.is_parse() || h.is_parse_status() {
-                    ProxyError::Protocol(h.to_string())
-                } else {
-                    ProxyError::Reset(h.to_string())
-                });
-            }
-            innermost = cause.to_string();
-            source = cause.source();
-        }
-        if err.is_connect() {
-            if timed_out {
-                ProxyError::ConnectTimeout
-            } else {
-                ProxyError::Connect(innermost)
-            }
+    /// What a failed exchange on an established connection means. The client's body failing
+    /// is a user error in hyper's terms; anything else before a response head is the backend's.
+    pub(crate) fn from_hyper(err: &hyper::Error) -> ProxyError {
+        if err.is_user() {
+            ProxyError::ClientBody
+        } else if err.is_parse() || err.is_parse_status() {
+            ProxyError::Protocol(err.to_string())
         } else {
-            hyper_kind.unwrap_or(ProxyError::Reset(innermost))
+            ProxyError::Reset(err.to_string())
         }
     }
 }
@@ -177,9 +153,8 @@ impl Upstream {
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.
     pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.client.request(req)).await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(err)) => Err(ProxyError::classify(&err)),
+        match tokio::time::timeout(self.request_timeout, self.pool.send(req)).await {
+            Ok(result) => result,
             Err(_) => Err(ProxyError::Timeout),
         }
     }
@@ -195,7 +170,7 @@ struct PoolKey {
 /// Connection pools that outlive snapshots. Used only while building one, off the request path.
 #[derive(Default)]
 pub struct UpstreamCache {
-    pools: HashMap<PoolKey, PooledClient>,
+    pools: HashMap<PoolKey, Pool>,
 }
 
 impl UpstreamCache {
@@ -211,36 +186,21 @@ impl UpstreamCache {
                     http2: spec.http2,
                     connect_timeout: spec.connect_timeout,
                 };
-                let client = self
-                    .pools
-                    .get(&key)
-                    .cloned()
-                    .unwrap_or_else(|| new_client(spec));
-                kept.insert(key, client.clone());
+                let pool = self.pools.get(&key).cloned().unwrap_or_else(|| {
+                    Pool::new(&spec.authority, spec.http2, spec.connect_timeout)
+                });
+                kept.insert(key, pool.clone());
                 Arc::new(Upstream {
                     name: spec.name.as_str().into(),
                     authority: spec.authority.clone(),
                     base_path: spec.base_path.clone(),
                     http2: spec.http2,
                     request_timeout: spec.request_timeout,
-                    client,
+                    pool,
                 })
             })
             .collect();
         self.pools = kept;
         upstreams
     }
-}
-
-fn new_client(spec: &BackendSpec) -> PooledClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(spec.connect_timeout));
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .http2_only(spec.http2)
-        .build(connector)
 }

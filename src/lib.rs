@@ -19,6 +19,7 @@ pub mod framing;
 pub mod headers;
 pub mod hygiene;
 pub mod overrides;
+pub mod pool;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
