@@ -4,6 +4,8 @@
 //! - `route_pick_90_10_random`: the same without a sticky key.
 //! - `config_compile_1000_routes`: how long does a reload of a large file take (parse,
 //!   validate, compile a snapshot)? Target: < 20 ms.
+//! - `record_response`: what does recording one response cost the request path (status
+//!   counter, latency histogram, window stats), with the real Prometheus recorder installed?
 
 use std::hint::black_box;
 use std::net::IpAddr;
@@ -86,5 +88,19 @@ fn config_compile(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_pick, config_compile);
+fn record_response(c: &mut Criterion) {
+    // Real handles, as in the server; a second install (another bench binary run) is fine.
+    let _ = cutover::telemetry::install_recorder();
+    let target = cutover::telemetry::TargetTelemetry::new("payments", "payments-v2");
+    let window = cutover::window::WindowStats::new(std::time::Duration::from_secs(30));
+    let latency = std::time::Duration::from_micros(850);
+    c.bench_function("record_response", |b| {
+        b.iter(|| {
+            target.response(black_box(http::StatusCode::OK), latency);
+            window.record(latency, false);
+        })
+    });
+}
+
+criterion_group!(benches, route_pick, config_compile, record_response);
 criterion_main!(benches);
