@@ -115,9 +115,10 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
         shutdown_rx.clone(),
     ));
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
-    // Histograms need periodic upkeep or they grow without bound between scrapes.
+    // Histograms keep raw samples until upkeep; draining them every second bounds that memory
+    // to about one second of requests.
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
             metrics.run_upkeep();
