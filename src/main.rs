@@ -9,10 +9,6 @@ use cutover::cli::AdminClient;
 use cutover::demo::DemoPorts;
 use cutover::{check, cli, demo, server, telemetry};
 
-// Measured under load: glibc malloc spends about twice mimalloc's share of CPU here.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "cutover",
