@@ -91,7 +91,8 @@ fn config_compile(c: &mut Criterion) {
 fn record_response(c: &mut Criterion) {
     // Real handles, as in the server; a second install (another bench binary run) is fine.
     let _ = cutover::telemetry::install_recorder();
-    let target = cutover::telemetry::TargetTelemetry::new("payments", "payments-v2");
+    let target =
+        cutover::telemetry::TargetTelemetry::new(&"payments".into(), &"payments-v2".into());
     let window = cutover::window::WindowStats::new(std::time::Duration::from_secs(30));
     let latency = std::time::Duration::from_micros(850);
     c.bench_function("record_response", |b| {

@@ -58,7 +58,7 @@ pub type LiveSnapshot = ArcSwap<Snapshot>;
 #[derive(Default)]
 pub struct Carried {
     pub upstreams: UpstreamCache,
-    windows: HashMap<(String, String, Duration), Arc<WindowStats>>,
+    windows: HashMap<(Arc<str>, Arc<str>, Duration), Arc<WindowStats>>,
     runtime: HashMap<String, Arc<RouteRuntime>>,
 }
 
@@ -70,6 +70,7 @@ impl Snapshot {
         overrides: Arc<Overrides>,
     ) -> Snapshot {
         let upstreams: Arc<[Arc<Upstream>]> = carried.upstreams.build(&config.backends).into();
+        let backend_names: Vec<Arc<str>> = upstreams.iter().map(|u| u.name.clone()).collect();
         let mut windows = HashMap::new();
         let mut runtimes = HashMap::new();
         let mut targets = Vec::with_capacity(config.routes.len());
@@ -79,6 +80,7 @@ impl Snapshot {
             .routes
             .iter()
             .map(|spec| {
+                let name: Arc<str> = spec.name.as_str().into();
                 let window = spec
                     .guard
                     .as_ref()
@@ -87,8 +89,8 @@ impl Snapshot {
                     spec.split
                         .iter()
                         .map(|&(backend, _)| {
-                            let backend = &config.backends[backend].name;
-                            let key = (spec.name.clone(), backend.clone(), window);
+                            let backend = &backend_names[backend];
+                            let key = (name.clone(), backend.clone(), window);
                             let stats = carried
                                 .windows
                                 .get(&key)
@@ -96,13 +98,13 @@ impl Snapshot {
                                 .unwrap_or_else(|| Arc::new(WindowStats::new(window)));
                             windows.insert(key, stats.clone());
                             Target {
-                                telemetry: TargetTelemetry::new(&spec.name, backend),
+                                telemetry: TargetTelemetry::new(&name, backend),
                                 window: stats,
                             }
                         })
                         .collect(),
                 );
-                route_telemetry.push(RouteTelemetry::new(&spec.name));
+                route_telemetry.push(RouteTelemetry::new(&name));
                 let route_runtime = carried.runtime.get(&spec.name).cloned().unwrap_or_else(|| {
                     Arc::new(RouteRuntime {
                         kill_signal: watch::Sender::new(0),
@@ -111,7 +113,7 @@ impl Snapshot {
                 runtimes.insert(spec.name.clone(), route_runtime.clone());
                 runtime.push(route_runtime);
                 Route {
-                    name: spec.name.as_str().into(),
+                    name,
                     matcher: spec.matcher.clone(),
                     targets: Route::targets_from_split(&spec.split),
                     sticky: spec.sticky.clone(),

@@ -6,11 +6,12 @@
 
 use anyhow::Context;
 use http::StatusCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
-    Histogram, Unit,
+    Histogram, SharedString, Unit,
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -134,12 +135,13 @@ pub struct TargetTelemetry {
 }
 
 impl TargetTelemetry {
-    pub fn new(route: &str, backend: &str) -> TargetTelemetry {
+    /// Shared names make registering a large config cheap: no label string is copied.
+    pub fn new(route: &Arc<str>, backend: &Arc<str>) -> TargetTelemetry {
         let labels = |extra: (&'static str, &'static str)| {
             [
-                ("route", route.to_owned()),
-                ("backend", backend.to_owned()),
-                (extra.0, extra.1.to_owned()),
+                ("route", SharedString::from(route.clone())),
+                ("backend", SharedString::from(backend.clone())),
+                (extra.0, SharedString::const_str(extra.1)),
             ]
         };
         TargetTelemetry {
@@ -148,8 +150,8 @@ impl TargetTelemetry {
                 .map(|r| counter!(UPSTREAM_FAILURES_TOTAL, &labels(("reason", r.as_str())))),
             duration: histogram!(
                 REQUEST_DURATION_SECONDS,
-                "route" => route.to_owned(),
-                "backend" => backend.to_owned()
+                "route" => SharedString::from(route.clone()),
+                "backend" => SharedString::from(backend.clone())
             ),
         }
     }
@@ -174,10 +176,10 @@ pub struct RouteTelemetry {
 }
 
 impl RouteTelemetry {
-    pub fn new(route: &str) -> RouteTelemetry {
+    pub fn new(route: &Arc<str>) -> RouteTelemetry {
         RouteTelemetry {
-            guard_trips: counter!(GUARD_TRIPS_TOTAL, "route" => route.to_owned()),
-            fallbacks: counter!(FALLBACKS_TOTAL, "route" => route.to_owned()),
+            guard_trips: counter!(GUARD_TRIPS_TOTAL, "route" => SharedString::from(route.clone())),
+            fallbacks: counter!(FALLBACKS_TOTAL, "route" => SharedString::from(route.clone())),
         }
     }
 }
