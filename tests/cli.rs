@@ -115,15 +115,31 @@ fn check_warns_about_a_route_that_can_never_match() {
     std::fs::write(
         &path,
         "backends: {a: {url: 'http://127.0.0.1:1'}}\nroutes:\n\
+         - {name: api, match: {path_prefix: /api}, split: {a: 100}}\n\
+         - {name: api-users, match: {path_prefix: /api/users, methods: [GET]}, split: {a: 100}}\n\
+         - {name: apix, match: {path_prefix: /apix}, split: {a: 100}}\n\
+         - {name: exact, match: {path_exact: /x}, split: {a: 100}}\n\
+         - {name: exact2, match: {path_exact: /x}, split: {a: 100}}\n\
+         - {name: host, match: {host: a.example}, split: {a: 100}}\n\
+         - {name: host-z, match: {host: a.example, path_prefix: /z}, split: {a: 100}}\n\
          - {name: all, match: {path_prefix: /}, split: {a: 100}}\n\
-         - {name: api, match: {path_prefix: /api}, split: {a: 100}}\n",
+         - {name: late, match: {path_prefix: /late}, split: {a: 100}}\n",
     )
     .unwrap();
     let (ok, stdout, _) = check(&path);
     assert!(ok);
-    assert!(
-        stdout.contains("warning: route \"api\" can never match"),
-        "{stdout}"
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: route \"api-users\" can never match: route \"api\" before it matches every request it would",
+            "warning: route \"exact2\" can never match: route \"exact\" before it matches every request it would",
+            "warning: route \"host-z\" can never match: route \"host\" before it matches every request it would",
+            "warning: route \"late\" can never match: route \"all\" before it matches every request it would",
+        ]
     );
 }
 

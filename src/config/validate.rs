@@ -1,6 +1,7 @@
 //! Turns raw YAML types into the typed [`Config`], collecting every error rather than
 //! stopping at the first, so `cutover check` shows the whole list at once.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -117,16 +118,11 @@ pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
         v.warnings
             .push("no routes: every proxied request will get 404".to_owned());
     }
-    for (i, later) in routes.iter().enumerate() {
-        if let Some(earlier) = routes[..i]
-            .iter()
-            .find(|r| r.matcher.covers(&later.matcher))
-        {
-            v.warnings.push(format!(
-                "route {:?} can never match: route {:?} before it matches every request it would",
-                later.name, earlier.name
-            ));
-        }
+    for (later, earlier) in shadowed_routes(&routes) {
+        v.warnings.push(format!(
+            "route {:?} can never match: route {:?} before it matches every request it would",
+            routes[later].name, routes[earlier].name
+        ));
     }
     if raw.flags_file.is_some() || !raw.flags.0.is_empty() {
         v.warnings
@@ -621,6 +617,47 @@ impl Validator<'_> {
             window,
         }
     }
+}
+
+/// Pairs `(later, earlier)` where route `earlier` matches every request route `later` would.
+/// Only routes whose path could cover the later one's are compared, so a reload of a large
+/// file stays linear instead of comparing every pair.
+fn shadowed_routes(routes: &[RouteSpec]) -> Vec<(usize, usize)> {
+    let mut pathless: Vec<usize> = Vec::new();
+    let mut by_path: HashMap<(&str, bool), Vec<usize>> = HashMap::new();
+    let mut shadowed = Vec::new();
+    for (i, route) in routes.iter().enumerate() {
+        let mut candidates: Vec<usize> = pathless.clone();
+        if let Some(path) = &route.matcher.path {
+            let (text, exact) = match path {
+                PathMatch::Prefix(p) => (p.as_str(), false),
+                PathMatch::Exact(p) => (p.as_str(), true),
+            };
+            // Every prefix that covers `text` by whole segments, and `text` itself.
+            let cuts = text
+                .match_indices('/')
+                .map(|(at, _)| at)
+                .filter(|&at| at > 0)
+                .chain([text.len()]);
+            for prefix in std::iter::once("/").chain(cuts.map(|at| &text[..at])) {
+                candidates.extend(by_path.get(&(prefix, false)).into_iter().flatten());
+            }
+            if exact {
+                candidates.extend(by_path.get(&(text, true)).into_iter().flatten());
+            }
+            by_path.entry((text, exact)).or_default().push(i);
+        } else {
+            pathless.push(i);
+        }
+        candidates.sort_unstable();
+        if let Some(&earlier) = candidates
+            .iter()
+            .find(|&&j| routes[j].matcher.covers(&route.matcher))
+        {
+            shadowed.push((i, earlier));
+        }
+    }
+    shadowed
 }
 
 /// Basis points as a percentage for messages: 9050 → "90.5".
