@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod flags;
 pub mod forward;
 pub mod framing;
 pub mod headers;
