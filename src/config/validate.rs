@@ -522,16 +522,9 @@ impl Validator<'_> {
 
     /// A percentage as basis points.
     fn percent(&mut self, path: &str, value: f64) -> Option<u32> {
-        let scaled = value * 100.0;
-        if !value.is_finite() || !(0.0..=100.0).contains(&value) {
-            self.error(path, format!("{value} is not a percentage from 0 to 100"));
-            None
-        } else if (scaled - scaled.round()).abs() > 1e-6 {
-            self.error(path, format!("{value} has more than 2 decimals"));
-            None
-        } else {
-            Some(scaled.round() as u32)
-        }
+        basis_points(value)
+            .map_err(|message| self.error(path, message))
+            .ok()
     }
 
     fn sticky(&mut self, path: &str, raw: &RawSticky) -> Option<StickySource> {
@@ -658,6 +651,18 @@ fn shadowed_routes(routes: &[RouteSpec]) -> Vec<(usize, usize)> {
         }
     }
     shadowed
+}
+
+/// A percentage from 0 to 100 with at most 2 decimals, as basis points (90.5 → 9050).
+pub fn basis_points(value: f64) -> Result<u32, String> {
+    let scaled = value * 100.0;
+    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
+        Err(format!("{value} is not a percentage from 0 to 100"))
+    } else if (scaled - scaled.round()).abs() > 1e-6 {
+        Err(format!("{value} has more than 2 decimals"))
+    } else {
+        Ok(scaled.round() as u32)
+    }
 }
 
 /// Basis points as a percentage for messages: 9050 → "90.5".

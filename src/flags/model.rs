@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 
 use super::condition::Condition;
-use crate::config::{format_percent, OrderedMap};
+use crate::config::{basis_points, format_percent, OrderedMap};
 use crate::routing::BUCKETS;
 
 /// One flag as written under `flags:`; its key is the map key above it.
@@ -330,16 +330,9 @@ impl Compiler<'_> {
 
     /// A percentage with at most 2 decimals, as basis points.
     fn percent(&mut self, path: &str, value: f64) -> Option<u32> {
-        let scaled = value * 100.0;
-        if !value.is_finite() || !(0.0..=100.0).contains(&value) {
-            self.error(path, format!("{value} is not a percentage from 0 to 100"));
-            None
-        } else if (scaled - scaled.round()).abs() > 1e-6 {
-            self.error(path, format!("{value} has more than 2 decimals"));
-            None
-        } else {
-            Some(scaled.round() as u32)
-        }
+        basis_points(value)
+            .map_err(|message| self.error(path, message))
+            .ok()
     }
 }
 
