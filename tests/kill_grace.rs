@@ -37,22 +37,7 @@ async fn kill(cutover: &Cutover) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_to_the_killed_backend_closes_after_kill_grace() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let echo = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() && ws.send(message).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, echo) = common::websocket_echo().await;
     let legacy = Backend::start("legacy").await;
     let cutover = Cutover::start_with_env(
         &config(&legacy.url(), &format!("http://{addr}")),

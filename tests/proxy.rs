@@ -186,22 +186,7 @@ async fn large_and_chunked_uploads_arrive_intact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_proxy() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let echo = tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if message.is_text() || message.is_binary() {
-                        let _ = ws.send(message).await;
-                    }
-                }
-            });
-        }
-    });
+    let (addr, echo) = common::websocket_echo().await;
     let cutover = Cutover::start(&split_config(
         &[("ws", &format!("http://{addr}"), 100.0)],
         "",
