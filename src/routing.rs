@@ -9,7 +9,7 @@
 //! Nothing here allocates or locks: the table is immutable data inside a snapshot.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -260,16 +260,15 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
 
 /// `murmur3_x86_32(route ++ key, 0)`, hashed without joining the two.
 pub fn hash(route: &str, key: &[u8]) -> u32 {
-    // Reading from byte slices cannot fail. One contiguous slice hashes faster than a chain
-    // of two, so short inputs are joined on the stack.
+    // The hash takes one slice: short inputs are joined on the stack, long ones on the heap.
     let mut joined = [0u8; 128];
     let len = route.len() + key.len();
     if len <= joined.len() {
         joined[..route.len()].copy_from_slice(route.as_bytes());
         joined[route.len()..len].copy_from_slice(key);
-        murmur3::murmur3_32(&mut &joined[..len], 0).unwrap_or_default()
+        mur3::murmurhash3_x86_32(&joined[..len], 0)
     } else {
-        murmur3::murmur3_32(&mut route.as_bytes().chain(key), 0).unwrap_or_default()
+        mur3::murmurhash3_x86_32(&[route.as_bytes(), key].concat(), 0)
     }
 }
 
