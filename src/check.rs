@@ -26,12 +26,14 @@ fn summary(path: &Path, config: &Config) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{}: ok: {} backend{}, {} route{}; proxy {}, admin {}",
+        "{}: ok: {} backend{}, {} route{}, {} flag{}; proxy {}, admin {}",
         path.display(),
         config.backends.len(),
         if config.backends.len() == 1 { "" } else { "s" },
         config.routes.len(),
         if config.routes.len() == 1 { "" } else { "s" },
+        config.flags.len(),
+        if config.flags.len() == 1 { "" } else { "s" },
         config.listen,
         config.admin.listen,
     );
@@ -59,6 +61,42 @@ fn summary(path: &Path, config: &Config) -> String {
             );
         }
         out.push('\n');
+    }
+    for (key, flag) in &config.flags {
+        let variants: Vec<&str> = flag.variants.iter().map(|v| v.name.as_str()).collect();
+        let _ = write!(
+            out,
+            "  flag {key}: {}; default {}",
+            variants.join(", "),
+            flag.variants[flag.default].name
+        );
+        if !flag.rules.is_empty() {
+            let plural = if flag.rules.len() == 1 { "" } else { "s" };
+            let _ = write!(out, "; {} rule{plural}", flag.rules.len());
+        }
+        if let Some(rollout) = &flag.rollout {
+            let mut lower = 0;
+            let shares: Vec<String> = rollout
+                .bounds
+                .iter()
+                .map(|&(variant, upper)| {
+                    let share = u32::from(upper - lower);
+                    lower = upper;
+                    format!("{} {}%", flag.variants[variant].name, format_percent(share))
+                })
+                .collect();
+            let _ = write!(out, "; rollout {}", shares.join(", "));
+        }
+        if flag.kill {
+            let _ = write!(out, "; KILLED");
+        }
+        out.push('\n');
+    }
+    if !config.flags.is_empty() {
+        let _ = writeln!(
+            out,
+            "note: flags are validated but not served yet by this version (no flags API)"
+        );
     }
     for warning in &config.warnings {
         let _ = writeln!(out, "warning: {warning}");

@@ -238,3 +238,47 @@ async fn demo_serves_both_backends_and_prints_what_to_try() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("curl -s localhost:"), "{stdout}");
 }
+
+#[test]
+fn check_validates_flags_with_locations() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.yaml");
+    let good = "\
+backends:
+  legacy: {url: 'http://127.0.0.1:9001'}
+routes:
+  - {name: all, match: {path_prefix: /}, split: {legacy: 100}}
+flags:
+  new-checkout:
+    variants: { \"on\": true, \"off\": false }
+    default: \"off\"
+    rules:
+      - when: { country: { in: [NL, BE] } }
+        serve: \"on\"
+    rollout: { \"on\": 25, \"off\": 75 }
+";
+    std::fs::write(&path, good).unwrap();
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("flag new-checkout: on, off; default off; 1 rule; rollout on 25%, off 75%"),
+        "{stdout}"
+    );
+    let broken = format!(
+        "{good}  broken:\n    variants: {{ a: 1, b: \"x\" }}\n    default: c\n    rollout: {{ a: 50, b: 40 }}\n"
+    );
+    std::fs::write(&path, broken).unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    let file = path.display();
+    for expected in [
+        format!("{file}:14:23: flags.broken.variants.b: is a string"),
+        format!("{file}:15:5: flags.broken.default: unknown variant \"c\""),
+        format!("{file}:16:5: flags.broken.rollout: percentages sum to 90, must be 100"),
+    ] {
+        assert!(
+            stderr.contains(&expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::uri::Authority;
 use ipnet::IpNet;
 
+use crate::flags::Flag;
 use crate::routing::{Matcher, StickySource};
 
 #[derive(Clone, Debug)]
@@ -24,6 +25,8 @@ pub struct Config {
     pub backends: Vec<BackendSpec>,
     /// In file order: the first match wins.
     pub routes: Vec<RouteSpec>,
+    /// Feature flags by key, in file order.
+    pub flags: Vec<(String, Flag)>,
     /// Things that are allowed but probably not meant, e.g. a route that can never match.
     pub warnings: Vec<String>,
 }

@@ -25,8 +25,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<RawRoute>,
     #[serde(default)]
-    pub flags: OrderedMap<serde_yaml::Value>,
-    pub flags_file: Option<String>,
+    pub flags: OrderedMap<crate::flags::RawFlag>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -124,9 +124,24 @@ pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
             routes[later].name, routes[earlier].name
         ));
     }
-    if raw.flags_file.is_some() || !raw.flags.0.is_empty() {
-        v.warnings
-            .push("flags are accepted but not served yet by this version".to_owned());
+    let mut flags = Vec::with_capacity(raw.flags.0.len());
+    for (key, raw_flag) in &raw.flags.0 {
+        let path = format!("flags.{key}");
+        let name_ok = v.name(&path, "flag", key);
+        match crate::flags::compile(key, raw_flag) {
+            Ok(flag) if name_ok => flags.push((key.clone(), flag)),
+            Ok(_) => {}
+            Err(errors) => {
+                for error in errors {
+                    let at = if error.path.is_empty() {
+                        path.clone()
+                    } else {
+                        format!("{path}.{}", error.path)
+                    };
+                    v.error(&at, error.message);
+                }
+            }
+        }
     }
 
     if !v.errors.is_empty() {
@@ -147,6 +162,7 @@ pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
         kill_grace,
         backends,
         routes,
+        flags,
         warnings: v.warnings,
     })
 }
