@@ -92,10 +92,10 @@ fn summary(path: &Path, config: &Config) -> String {
         }
         out.push('\n');
     }
-    if !config.flags.is_empty() {
+    if !config.flags.is_empty() && config.flags_api.is_none() {
         let _ = writeln!(
             out,
-            "note: flags are validated but not served yet by this version (no flags API)"
+            "warning: flags are defined but no flags_api listener is configured to serve them"
         );
     }
     for warning in &config.warnings {

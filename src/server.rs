@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use crate::admin::{self, Admin};
 use crate::config::{format_percent, Config};
 use crate::control::Control;
+use crate::flags::ofrep::{self, FlagsApi};
 use crate::framing::{FramingWatch, Sniffed};
 use crate::headers::Peer;
 use crate::proxy::Proxy;
@@ -84,6 +85,14 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
     let admin_listener = bind("admin", config.admin.listen).await?;
     let proxy_addr = proxy_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let flags_listener = match &config.flags_api {
+        Some(api) => Some(bind("flags API", api.listen).await?),
+        None => None,
+    };
+    let flags_addr = match &flags_listener {
+        Some(listener) => listener.local_addr()?.to_string(),
+        None => "off".to_owned(),
+    };
 
     let _watcher = match reload::watch(control.clone()) {
         Ok(watcher) => Some(watcher),
@@ -114,6 +123,10 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
         config.client_header_timeout,
         shutdown_rx.clone(),
     ));
+    if let Some(listener) = flags_listener {
+        let api = Arc::new(FlagsApi { live: live.clone() });
+        tokio::spawn(ofrep::serve(listener, api, shutdown_rx.clone()));
+    }
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
     // Histograms keep raw samples until upkeep; draining them every second bounds that memory
     // to about one second of requests.
@@ -128,6 +141,7 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
     tracing::info!(
         proxy = %proxy_addr,
         admin = %admin_addr,
+        flags = %flags_addr,
         generation = live.load().generation,
         "cutover listening; routes: {}",
         describe_routes(&config)

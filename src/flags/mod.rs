@@ -6,6 +6,7 @@
 mod condition;
 mod eval;
 mod model;
+pub mod ofrep;
 
 pub use condition::{Comparison, Condition, Operator, Pattern, Scalar};
 pub use eval::{evaluate, Context, ContextValue, Evaluation, Reason};

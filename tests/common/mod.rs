@@ -188,6 +188,8 @@ pub struct Cutover {
     pub child: Child,
     pub proxy: SocketAddr,
     pub admin: SocketAddr,
+    /// The flags API, when the config has a `flags_api` listener.
+    pub flags: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -267,6 +269,7 @@ impl Cutover {
             child,
             proxy: field(&line, "proxy="),
             admin: field(&line, "admin="),
+            flags: line.contains("flags=127.").then(|| field(&line, "flags=")),
             dir,
             logs,
         }

@@ -1,0 +1,264 @@
+//! The flags API listener: OFREP evaluation for OpenFeature SDKs, plus a GET form for curl.
+//!
+//! | method path                          | does                                              |
+//! |--------------------------------------|---------------------------------------------------|
+//! | POST `/ofrep/v1/evaluate/flags/{key}` | one flag for `{"context": {...}}`                |
+//! | POST `/ofrep/v1/evaluate/flags`       | every flag, with an `ETag`; `If-None-Match` → 304 |
+//! | GET `/flags/{key}?targetingKey=u1&…`  | one flag, query parameters as the context         |
+//!
+//! Handlers stay thin: parse the context, load the snapshot once, call [`evaluate`].
+
+use std::convert::Infallible;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::{evaluate, Context, Flag};
+use crate::snapshot::{LiveSnapshot, Snapshot};
+
+const MAX_BODY: usize = 64 * 1024;
+
+type FlagsResponse = Response<Full<Bytes>>;
+
+pub struct FlagsApi {
+    pub live: Arc<LiveSnapshot>,
+}
+
+impl FlagsApi {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> FlagsResponse {
+        let path = req.uri().path().to_owned();
+        if let Some(key) = path.strip_prefix("/flags/").filter(|k| !k.is_empty()) {
+            if req.method() != Method::GET {
+                return error(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    json!({"errorDetails": "use GET"}),
+                );
+            }
+            let query: Vec<(String, String)> = req
+                .uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default();
+            return self.single(key, &query);
+        }
+        let bulk = path == "/ofrep/v1/evaluate/flags";
+        let single = path
+            .strip_prefix("/ofrep/v1/evaluate/flags/")
+            .filter(|k| !k.is_empty());
+        if !bulk && single.is_none() {
+            return error(StatusCode::NOT_FOUND, json!({"errorDetails": "not found"}));
+        }
+        if req.method() != Method::POST {
+            return error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"errorDetails": "use POST"}),
+            );
+        }
+        let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
+        let key = single.map(str::to_owned);
+        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => {
+                return failure(
+                    StatusCode::BAD_REQUEST,
+                    key.as_deref(),
+                    "PARSE_ERROR",
+                    "body over 64 KiB",
+                )
+            }
+        };
+        let context = match parse_context(&body) {
+            Ok(context) => context,
+            Err((code, details)) => {
+                return failure(StatusCode::BAD_REQUEST, key.as_deref(), code, &details)
+            }
+        };
+        match key {
+            Some(key) => self.single(&key, &context),
+            None => self.bulk(&context, if_none_match.as_ref()),
+        }
+    }
+
+    fn single(&self, key: &str, context: &(impl Context + ?Sized)) -> FlagsResponse {
+        let snapshot = self.live.load();
+        match find(&snapshot, key) {
+            Some((flag, killed)) => {
+                json_response(StatusCode::OK, &evaluation(key, flag, context, killed))
+            }
+            None => failure(
+                StatusCode::NOT_FOUND,
+                Some(key),
+                "FLAG_NOT_FOUND",
+                &format!("flag {key:?} is not defined"),
+            ),
+        }
+    }
+
+    fn bulk(
+        &self,
+        context: &Map<String, Value>,
+        if_none_match: Option<&HeaderValue>,
+    ) -> FlagsResponse {
+        let snapshot = self.live.load();
+        let etag = etag(&snapshot, context);
+        if if_none_match.is_some_and(|v| matches_etag(v, &etag)) {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            if let Ok(value) = HeaderValue::from_str(&etag) {
+                response.headers_mut().insert(ETAG, value);
+            }
+            return response;
+        }
+        let flags: Vec<Value> = snapshot
+            .config
+            .flags
+            .iter()
+            .map(|(key, flag)| {
+                evaluation(
+                    key,
+                    flag,
+                    context,
+                    snapshot.overrides.flags.contains_key(key),
+                )
+            })
+            .collect();
+        let mut response = json_response(StatusCode::OK, &json!({"flags": flags, "metadata": {}}));
+        if let Ok(value) = HeaderValue::from_str(&etag) {
+            response.headers_mut().insert(ETAG, value);
+        }
+        response
+    }
+}
+
+fn find<'a>(snapshot: &'a Snapshot, key: &str) -> Option<(&'a Flag, bool)> {
+    snapshot
+        .config
+        .flags
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, flag)| (flag, snapshot.overrides.flags.contains_key(key)))
+}
+
+fn evaluation(key: &str, flag: &Flag, context: &(impl Context + ?Sized), killed: bool) -> Value {
+    let result = evaluate(flag, key, context, killed);
+    json!({
+        "key": key,
+        "reason": result.reason.as_str(),
+        "variant": result.variant,
+        "value": result.value,
+        "metadata": {},
+    })
+}
+
+/// The OFREP request body: empty, `{}`, or `{"context": {...}}`.
+fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
+    let Value::Object(mut object) = value else {
+        return Err((
+            "PARSE_ERROR",
+            "request body must be a JSON object".to_owned(),
+        ));
+    };
+    match object.remove("context") {
+        None | Some(Value::Null) => Ok(Map::new()),
+        Some(Value::Object(context)) => match context.get("targetingKey") {
+            None | Some(Value::String(_)) => Ok(context),
+            Some(_) => Err((
+                "INVALID_CONTEXT",
+                "targetingKey must be a string".to_owned(),
+            )),
+        },
+        Some(_) => Err((
+            "INVALID_CONTEXT",
+            "context must be a JSON object".to_owned(),
+        )),
+    }
+}
+
+/// Changes with the config generation, runtime flag kills and the context, so a different
+/// context is never answered 304.
+fn etag(snapshot: &Snapshot, context: &Map<String, Value>) -> String {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // serde_json's map is ordered by key, so this is canonical.
+    Value::Object(context.clone()).to_string().hash(&mut hasher);
+    for key in snapshot.overrides.flags.keys() {
+        key.hash(&mut hasher);
+    }
+    format!("\"{:x}-{:016x}\"", snapshot.generation, hasher.finish())
+}
+
+fn matches_etag(header: &HeaderValue, etag: &str) -> bool {
+    header.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == etag || t == "*" || t.trim_matches('"') == etag.trim_matches('"'))
+    })
+}
+
+fn failure(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> FlagsResponse {
+    let mut body = json!({"errorCode": code, "errorDetails": details});
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    error(status, body)
+}
+
+fn error(status: StatusCode, body: Value) -> FlagsResponse {
+    json_response(status, &body)
+}
+
+fn json_response(status: StatusCode, value: &Value) -> FlagsResponse {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Serves the flags API until `shutdown` flips.
+pub async fn serve(listener: TcpListener, api: Arc<FlagsApi>, mut shutdown: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    tracing::warn!(error = %err, "flags API accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(api.handle(req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "flags API connection error");
+            }
+        });
+    }
+}

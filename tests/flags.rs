@@ -1,0 +1,260 @@
+//! The flags API against the real binary: OFREP single and bulk evaluation, its errors,
+//! ETags, and the GET form.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{get, send, write_by_rename, Cutover};
+use http::StatusCode;
+use serde_json::{json, Value};
+
+const FLAGS: &str = r#"
+flags:
+  new-checkout:
+    variants: { "on": true, "off": false }
+    default: "off"
+    rules:
+      - when: { country: { in: [NL, BE] } }
+        serve: "on"
+    rollout: { "on": 25, "off": 75 }
+  banner-text:
+    variants: { short: "Hi", long: "Hello there" }
+    default: short
+  max-items:
+    variants: { few: 3, many: 30 }
+    default: few
+    rules:
+      - when: { plan: pro }
+        serve: many
+  price-factor:
+    variants: { normal: 1.0, discount: 0.85 }
+    default: normal
+  layout:
+    variants: { classic: { columns: 2 }, wide: { columns: 3 } }
+    default: wide
+"#;
+
+fn config() -> String {
+    format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nflags_api:\n  listen: 127.0.0.1:0\n\
+         backends:\n  legacy: {{url: 'http://127.0.0.1:9'}}\n\
+         routes:\n  - {{name: all, match: {{path_prefix: /}}, split: {{legacy: 100}}}}\n{FLAGS}"
+    )
+}
+
+async fn ofrep(
+    cutover: &Cutover,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, Value) {
+    let (status, headers, body) = send(
+        &common::client(),
+        cutover.flags.expect("flags API listening"),
+        "POST",
+        path,
+        headers,
+        Bytes::from(body.to_owned()),
+    )
+    .await;
+    (
+        status,
+        headers,
+        serde_json::from_str(&body).unwrap_or(Value::Null),
+    )
+}
+
+async fn evaluate(cutover: &Cutover, key: &str, context: Value) -> (StatusCode, Value) {
+    let body = json!({ "context": context }).to_string();
+    let (status, _, value) = ofrep(
+        cutover,
+        &format!("/ofrep/v1/evaluate/flags/{key}"),
+        &body,
+        &[],
+    )
+    .await;
+    (status, value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_flag_evaluation_follows_the_reason_rules() {
+    let cutover = Cutover::start(&config());
+    let (status, value) = evaluate(
+        &cutover,
+        "new-checkout",
+        json!({"targetingKey": "u1", "country": "NL"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        value,
+        json!({"key": "new-checkout", "reason": "TARGETING_MATCH", "variant": "on", "value": true, "metadata": {}})
+    );
+
+    // The rollout, exactly as flagd's fractional v2 would put each key.
+    for user in ["u1", "u2", "u3", "u4", "u5", "u6", "u7", "u8"] {
+        let (_, value) = evaluate(
+            &cutover,
+            "new-checkout",
+            json!({"targetingKey": user, "country": "DE"}),
+        )
+        .await;
+        assert_eq!(value["reason"], "SPLIT");
+        let bucket = cutover::routing::bucket("new-checkout", user.as_bytes());
+        assert_eq!(
+            value["variant"],
+            if bucket < 2500 { "on" } else { "off" },
+            "{user}"
+        );
+    }
+    let (_, value) = evaluate(&cutover, "new-checkout", json!({"country": "DE"})).await;
+    assert_eq!(
+        (value["reason"].as_str(), value["variant"].as_str()),
+        (Some("DEFAULT"), Some("off"))
+    );
+    let (_, value) = evaluate(&cutover, "banner-text", json!({})).await;
+    assert_eq!(
+        (value["reason"].as_str(), value["value"].as_str()),
+        (Some("STATIC"), Some("Hi"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_keep_their_types() {
+    let cutover = Cutover::start(&config());
+    let (_, value) = evaluate(&cutover, "max-items", json!({"plan": "pro"})).await;
+    assert_eq!(value["value"], json!(30));
+    let (_, _, raw) = send(
+        &common::client(),
+        cutover.flags.unwrap(),
+        "POST",
+        "/ofrep/v1/evaluate/flags/price-factor",
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    assert!(
+        raw.contains("\"value\":1.0"),
+        "a float stays a float: {raw}"
+    );
+    let (_, value) = evaluate(&cutover, "layout", json!({})).await;
+    assert_eq!(value["value"], json!({"columns": 3}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_ofrep_errors() {
+    let cutover = Cutover::start(&config());
+    let (status, value) = evaluate(&cutover, "nope", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (value["key"].as_str(), value["errorCode"].as_str()),
+        (Some("nope"), Some("FLAG_NOT_FOUND"))
+    );
+    assert!(value["errorDetails"].is_string());
+    let (status, _, value) = ofrep(
+        &cutover,
+        "/ofrep/v1/evaluate/flags/banner-text",
+        "{not json",
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, value["errorCode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("PARSE_ERROR"))
+    );
+    let (status, _, value) = ofrep(
+        &cutover,
+        "/ofrep/v1/evaluate/flags/banner-text",
+        r#"{"context": 5}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, value["errorCode"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_CONTEXT"))
+    );
+    // Real clients send an empty body, no context, or no targeting key: all are fine.
+    for body in ["", "{}", r#"{"context": {}}"#] {
+        let (status, _, value) =
+            ofrep(&cutover, "/ofrep/v1/evaluate/flags/banner-text", body, &[]).await;
+        assert_eq!(
+            (status, value["variant"].as_str()),
+            (StatusCode::OK, Some("short")),
+            "{body:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bulk_evaluation_has_an_etag_that_follows_config_and_context() {
+    let cutover = Cutover::start(&config());
+    let context = r#"{"context": {"targetingKey": "u1", "country": "NL"}}"#;
+    let (status, headers, value) = ofrep(&cutover, "/ofrep/v1/evaluate/flags", context, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let flags = value["flags"].as_array().unwrap();
+    assert_eq!(flags.len(), 5);
+    assert_eq!(flags[0]["key"], "new-checkout");
+    assert_eq!(flags[0]["variant"], "on");
+    let etag = headers["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+
+    let (status, _, _) = ofrep(
+        &cutover,
+        "/ofrep/v1/evaluate/flags",
+        context,
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_MODIFIED);
+    // Another context is never answered 304.
+    let other = r#"{"context": {"targetingKey": "u2", "country": "NL"}}"#;
+    let (status, headers, _) = ofrep(
+        &cutover,
+        "/ofrep/v1/evaluate/flags",
+        other,
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(headers["etag"].to_str().unwrap(), etag);
+
+    // A flag edit changes it too.
+    let edited = config().replace(r#"{ "on": 25, "off": 75 }"#, r#"{ "on": 50, "off": 50 }"#);
+    write_by_rename(&cutover.config_path(), &edited);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, headers, _) = ofrep(
+            &cutover,
+            "/ofrep/v1/evaluate/flags",
+            context,
+            &[("if-none-match", &etag)],
+        )
+        .await;
+        if status == StatusCode::OK {
+            assert_ne!(headers["etag"].to_str().unwrap(), etag);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ETag unchanged after a flag edit"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_form_takes_the_context_from_the_query() {
+    let cutover = Cutover::start(&config());
+    let flags = cutover.flags.unwrap();
+    let (status, _, body) = get(flags, "/flags/new-checkout?targetingKey=u1&country=NL", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (value["reason"].as_str(), value["value"].as_bool()),
+        (Some("TARGETING_MATCH"), Some(true))
+    );
+    let (status, _, _) = get(flags, "/flags/nope", &[]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
