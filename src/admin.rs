@@ -9,6 +9,7 @@
 //! | POST `/api/routes/{name}/kill`       | kill switch for one route (body: optional `{"reason": "...", "source": "cli"}`) |
 //! | POST `/api/routes/{name}/resume`     | undo a runtime kill                               |
 //! | POST `/api/kill`, `/api/resume`      | every route at once                               |
+//! | POST `/api/flags/{key}/kill`, `/resume` | flag kill switch: everyone gets the default     |
 //! | POST `/api/reload`                   | reload now: 200 with the generation, or 422 with every error |
 //!
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
@@ -33,7 +34,7 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome};
+use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
 use crate::overrides::{Kill, KillSource};
 use crate::status::Status;
 
@@ -124,7 +125,7 @@ impl Admin {
         match path {
             "/healthz" | "/readyz" | "/metrics" | "/api/status" => Some("GET, HEAD"),
             "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
-            _ if route_action(path).is_some() => Some("POST"),
+            _ if switch_action(path).is_some() => Some("POST"),
             _ => None,
         }
     }
@@ -177,10 +178,10 @@ impl Admin {
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
             };
         }
-        let (route, action) = match (path, route_action(path)) {
-            ("/api/kill", _) => (None, "kill"),
-            ("/api/resume", _) => (None, "resume"),
-            (_, Some((name, action))) => (Some(name), action),
+        let (switch, target, action) = match (path, switch_action(path)) {
+            ("/api/kill", _) => (Switch::Route, None, "kill"),
+            ("/api/resume", _) => (Switch::Route, None, "resume"),
+            (_, Some((switch, name, action))) => (switch, Some(name), action),
             _ => return error(StatusCode::NOT_FOUND, "not found"),
         };
         let request: KillRequest = if body.iter().all(u8::is_ascii_whitespace) {
@@ -206,19 +207,19 @@ impl Admin {
                 )
             }
         };
-        let names: Option<Vec<&str>> = route.map(|name| vec![name]);
+        let names: Option<Vec<&str>> = target.map(|name| vec![name]);
         let control = &self.control;
         let outcome = if action == "kill" {
             let reason = request
                 .reason
                 .unwrap_or_else(|| format!("killed via {}", source.as_str()));
-            control.kill_routes(names.as_deref(), Kill::now(source, reason))
+            control.kill(switch, names.as_deref(), Kill::now(source, reason))
         } else {
-            control.resume_routes(names.as_deref())
+            control.resume(switch, names.as_deref())
         };
         match outcome {
             Ok(OverrideOutcome { changed, persisted }) => {
-                tracing::warn!(action, routes = ?changed, by = source.as_str(), "kill switch");
+                tracing::warn!(action, kind = switch.noun(), names = ?changed, by = source.as_str(), "kill switch");
                 json_response(
                     StatusCode::OK,
                     &json!({
@@ -229,10 +230,8 @@ impl Admin {
                     }),
                 )
             }
-            Err(err @ ControlError::UnknownRoute(_)) => {
-                error(StatusCode::NOT_FOUND, &err.to_string())
-            }
-            Err(err @ ControlError::KilledInConfig(_)) => {
+            Err(err @ ControlError::Unknown(..)) => error(StatusCode::NOT_FOUND, &err.to_string()),
+            Err(err @ ControlError::KilledInConfig(..)) => {
                 error(StatusCode::CONFLICT, &err.to_string())
             }
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
@@ -240,16 +239,20 @@ impl Admin {
     }
 }
 
-/// `/api/routes/{name}/kill` → `(name, "kill")`.
-fn route_action(path: &str) -> Option<(&str, &'static str)> {
-    let rest = path.strip_prefix("/api/routes/")?;
+/// `/api/routes/{name}/kill` → `(Route, name, "kill")`; likewise `/api/flags/{key}/…`.
+fn switch_action(path: &str) -> Option<(Switch, &str, &'static str)> {
+    let (switch, rest) = if let Some(rest) = path.strip_prefix("/api/routes/") {
+        (Switch::Route, rest)
+    } else {
+        (Switch::Flag, path.strip_prefix("/api/flags/")?)
+    };
     let (name, action) = rest.rsplit_once('/')?;
     let action = match action {
         "kill" => "kill",
         "resume" => "resume",
         _ => return None,
     };
-    (!name.is_empty() && !name.contains('/')).then_some((name, action))
+    (!name.is_empty() && !name.contains('/')).then_some((switch, name, action))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {

@@ -107,6 +107,33 @@ impl AdminClient {
         ))
     }
 
+    pub async fn kill_flag(&self, flag: &str, reason: Option<String>) -> anyhow::Result<String> {
+        let mut body = json!({ "source": "cli" });
+        if let Some(reason) = reason {
+            body["reason"] = json!(reason);
+        }
+        let value = self.post(&format!("/api/flags/{flag}/kill"), body).await?;
+        Ok(describe(
+            &value,
+            "killed: everyone gets the default variant",
+            Some(flag),
+        ))
+    }
+
+    pub async fn resume_flag(&self, flag: &str) -> anyhow::Result<String> {
+        let value = self
+            .post(
+                &format!("/api/flags/{flag}/resume"),
+                json!({ "source": "cli" }),
+            )
+            .await?;
+        Ok(describe(
+            &value,
+            "resumed: its rules and rollout apply",
+            Some(flag),
+        ))
+    }
+
     pub async fn resume(&self, route: Option<&str>) -> anyhow::Result<String> {
         let path = match route {
             Some(name) => format!("/api/routes/{name}/resume"),

@@ -2,6 +2,7 @@
 //! and kill switches (API, CLI, guard) all go through [`Control`], which serializes them,
 //! builds the next snapshot off the request path, and publishes it with one swap.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -37,12 +38,49 @@ pub struct LastReload {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("no route named {0:?}")]
-    UnknownRoute(String),
-    #[error("route {0:?} is killed in the config file; set kill: false there to resume it")]
-    KilledInConfig(String),
+    #[error("no {0} named {1:?}")]
+    Unknown(&'static str, String),
+    #[error("{0} {1:?} is killed in the config file; set kill: false there to resume it")]
+    KilledInConfig(&'static str, String),
     #[error("{0}")]
     Startup(String),
+}
+
+/// Which kind of kill switch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    Route,
+    Flag,
+}
+
+impl Switch {
+    pub fn noun(self) -> &'static str {
+        match self {
+            Switch::Route => "route",
+            Switch::Flag => "flag",
+        }
+    }
+
+    fn names(self, config: &crate::config::Config) -> Vec<&str> {
+        match self {
+            Switch::Route => config.routes.iter().map(|r| r.name.as_str()).collect(),
+            Switch::Flag => config.flags.iter().map(|(k, _)| k.as_str()).collect(),
+        }
+    }
+
+    fn killed_in_yaml(self, config: &crate::config::Config, name: &str) -> bool {
+        match self {
+            Switch::Route => config.routes.iter().any(|r| r.name == name && r.kill),
+            Switch::Flag => config.flags.iter().any(|(k, f)| k == name && f.kill),
+        }
+    }
+
+    fn killed(self, overrides: &mut Overrides) -> &mut BTreeMap<String, Kill> {
+        match self {
+            Switch::Route => &mut overrides.routes,
+            Switch::Flag => &mut overrides.flags,
+        }
+    }
 }
 
 /// What a kill or resume did, and whether it was written to `state_file`.
@@ -244,64 +282,68 @@ impl Control {
         snapshot.export_gauges();
     }
 
-    /// Kills the named routes (all routes for `None`): 100% to stable from the next request.
-    pub fn kill_routes(
+    /// Pulls the kill switch of the named routes or flags (all of them for `None`): a route
+    /// sends everything to stable, a flag serves its default, from the next request on.
+    pub fn kill(
         &self,
+        switch: Switch,
         names: Option<&[&str]>,
         kill: Kill,
     ) -> Result<OverrideOutcome, ControlError> {
-        self.change_routes(names, |overrides, name| {
-            if overrides.routes.contains_key(name) {
+        self.change(switch, names, |killed, name| {
+            if killed.contains_key(name) {
                 return false;
             }
-            overrides.routes.insert(name.to_owned(), kill.clone());
+            killed.insert(name.to_owned(), kill.clone());
             true
         })
     }
 
-    /// Removes runtime kills of the named routes (all for `None`); the YAML split applies again.
-    pub fn resume_routes(&self, names: Option<&[&str]>) -> Result<OverrideOutcome, ControlError> {
+    /// Removes runtime kills (all for `None`); the YAML applies again. A kill written in the
+    /// YAML is undone in the YAML, so resuming one is refused.
+    pub fn resume(
+        &self,
+        switch: Switch,
+        names: Option<&[&str]>,
+    ) -> Result<OverrideOutcome, ControlError> {
         if let Some(names) = names {
             let current = self.live.load();
-            for name in names {
-                if let Some(spec) = current.config.routes.iter().find(|r| r.name == *name) {
-                    if spec.kill {
-                        return Err(ControlError::KilledInConfig((*name).to_owned()));
-                    }
-                }
+            if let Some(name) = names
+                .iter()
+                .find(|n| switch.killed_in_yaml(&current.config, n))
+            {
+                return Err(ControlError::KilledInConfig(
+                    switch.noun(),
+                    (*name).to_owned(),
+                ));
             }
         }
-        self.change_routes(names, |overrides, name| {
-            overrides.routes.remove(name).is_some()
-        })
+        self.change(switch, names, |killed, name| killed.remove(name).is_some())
     }
 
-    fn change_routes(
+    fn change(
         &self,
+        switch: Switch,
         names: Option<&[&str]>,
-        mut change: impl FnMut(&mut Overrides, &str) -> bool,
+        mut change: impl FnMut(&mut BTreeMap<String, Kill>, &str) -> bool,
     ) -> Result<OverrideOutcome, ControlError> {
         let _state = self.lock();
         let current = self.live.load_full();
-        let all: Vec<&str> = current
-            .config
-            .routes
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect();
+        let all = switch.names(&current.config);
         let names = match names {
             Some(names) => {
                 if let Some(unknown) = names.iter().find(|n| !all.contains(n)) {
-                    return Err(ControlError::UnknownRoute((*unknown).to_owned()));
+                    return Err(ControlError::Unknown(switch.noun(), (*unknown).to_owned()));
                 }
                 names.to_vec()
             }
             None => all,
         };
         let mut overrides = (*current.overrides).clone();
+        let killed = switch.killed(&mut overrides);
         let changed: Vec<String> = names
             .into_iter()
-            .filter(|name| change(&mut overrides, name))
+            .filter(|name| change(killed, name))
             .map(str::to_owned)
             .collect();
         if changed.is_empty() {
@@ -314,10 +356,12 @@ impl Control {
         let snapshot = Arc::new(current.with_overrides(Arc::new(overrides)));
         self.live.store(snapshot.clone());
         snapshot.export_gauges();
-        for name in &changed {
-            if let Some(index) = snapshot.route_index(name) {
-                if snapshot.kills[index].is_some() {
-                    snapshot.runtime[index].kill_signal.send_modify(|n| *n += 1);
+        if let Switch::Route = switch {
+            for name in &changed {
+                if let Some(index) = snapshot.route_index(name) {
+                    if snapshot.kills[index].is_some() {
+                        snapshot.runtime[index].kill_signal.send_modify(|n| *n += 1);
+                    }
                 }
             }
         }
@@ -334,7 +378,7 @@ impl Control {
     /// Called by the guard from the request path: kills `route` unless it already is.
     pub fn guard_trip(&self, route: &str, reason: String) -> bool {
         let kill = Kill::now(KillSource::Guard, reason.clone());
-        match self.kill_routes(Some(&[route]), kill) {
+        match self.kill(Switch::Route, Some(&[route]), kill) {
             Ok(outcome) if !outcome.changed.is_empty() => {
                 tracing::warn!(route, "guard tripped, route killed: {reason}");
                 true

@@ -48,25 +48,31 @@ enum Command {
         #[arg(long)]
         threads: Option<usize>,
     },
-    /// Send a route's traffic (or every route's, with --all) to its stable backend, now.
+    /// Send a route's traffic (or every route's, with --all) to its stable backend, now; or,
+    /// with --flag, serve a flag's default to everyone.
     Kill {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "flag"], conflicts_with_all = ["all", "flag"])]
         route: Option<String>,
         /// Every route at once: the panic button.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "flag")]
         all: bool,
+        /// A feature flag instead of a route.
+        #[arg(long)]
+        flag: Option<String>,
         /// Recorded with the kill and shown in status.
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Undo a runtime kill: the configured split applies again.
+    /// Undo a runtime kill: the configured split (or flag) applies again.
     Resume {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "flag"], conflicts_with_all = ["all", "flag"])]
         route: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "flag")]
         all: bool,
+        #[arg(long)]
+        flag: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -139,19 +145,31 @@ fn main() -> ExitCode {
         Command::Kill {
             route,
             all: _,
+            flag,
             reason,
             admin,
         } => {
             let client = admin.client();
-            admin_call(async move { client.kill(route.as_deref(), reason).await })
+            admin_call(async move {
+                match flag {
+                    Some(flag) => client.kill_flag(&flag, reason).await,
+                    None => client.kill(route.as_deref(), reason).await,
+                }
+            })
         }
         Command::Resume {
             route,
             all: _,
+            flag,
             admin,
         } => {
             let client = admin.client();
-            admin_call(async move { client.resume(route.as_deref()).await })
+            admin_call(async move {
+                match flag {
+                    Some(flag) => client.resume_flag(&flag).await,
+                    None => client.resume(route.as_deref()).await,
+                }
+            })
         }
         Command::Status { watch, admin } => {
             let client = admin.client();

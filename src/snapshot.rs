@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::forward::{Upstream, UpstreamCache};
 use crate::overrides::{Kill, KillSource, Overrides};
 use crate::routing::{Route, RouteTable, BUCKETS};
-use crate::telemetry::{self, RouteTelemetry, TargetTelemetry};
+use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
 use crate::window::WindowStats;
 
 /// Monotonic number of a successfully loaded config.
@@ -46,6 +46,8 @@ pub struct Snapshot {
     /// Per route, per target (indexed like `routes.routes[i].targets`).
     pub targets: Arc<[Box<[Target]>]>,
     pub route_telemetry: Arc<[RouteTelemetry]>,
+    /// Indexed like `config.flags`.
+    pub flag_telemetry: Arc<[FlagTelemetry]>,
     pub runtime: Arc<[Arc<RouteRuntime>]>,
     /// The kill in force per route, from YAML or a runtime override.
     pub kills: Arc<[Option<Kill>]>,
@@ -124,6 +126,14 @@ impl Snapshot {
         carried.windows = windows;
         carried.runtime = runtimes;
         let kills = kills_for(&config, &overrides);
+        let flag_telemetry = config
+            .flags
+            .iter()
+            .map(|(key, flag)| {
+                let variants: Vec<&str> = flag.variants.iter().map(|v| v.name.as_str()).collect();
+                FlagTelemetry::new(&key.as_str().into(), &variants)
+            })
+            .collect();
         Snapshot {
             generation,
             config: Arc::new(config),
@@ -131,6 +141,7 @@ impl Snapshot {
             upstreams,
             targets: targets.into(),
             route_telemetry: route_telemetry.into(),
+            flag_telemetry,
             runtime: runtime.into(),
             kills,
             overrides,
@@ -146,6 +157,7 @@ impl Snapshot {
             upstreams: self.upstreams.clone(),
             targets: self.targets.clone(),
             route_telemetry: self.route_telemetry.clone(),
+            flag_telemetry: self.flag_telemetry.clone(),
             runtime: self.runtime.clone(),
             kills: kills_for(&self.config, &overrides),
             overrides,

@@ -17,6 +17,17 @@ pub struct Status {
     pub routes: Vec<RouteStatus>,
     /// Runtime kills of routes that are no longer in the config (kept in case they return).
     pub orphan_kills: Vec<String>,
+    #[serde(default)]
+    pub flags: Vec<FlagStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FlagStatus {
+    pub key: String,
+    pub variants: Vec<String>,
+    pub default: String,
+    pub killed: bool,
+    pub kill: Option<Kill>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,6 +129,28 @@ impl Status {
                 errors: last.result.as_ref().err().cloned().unwrap_or_default(),
             },
             routes,
+            flags: config
+                .flags
+                .iter()
+                .map(|(key, flag)| {
+                    let kill = if flag.kill {
+                        Some(Kill {
+                            by: crate::overrides::KillSource::Yaml,
+                            at: String::new(),
+                            reason: "kill: true in the config file".to_owned(),
+                        })
+                    } else {
+                        snapshot.overrides.flags.get(key).cloned()
+                    };
+                    FlagStatus {
+                        key: key.clone(),
+                        variants: flag.variants.iter().map(|v| v.name.clone()).collect(),
+                        default: flag.variants[flag.default].name.clone(),
+                        killed: kill.is_some(),
+                        kill,
+                    }
+                })
+                .collect(),
             orphan_kills: snapshot
                 .overrides
                 .routes
@@ -187,6 +220,25 @@ impl Status {
                     },
                     backend.p99_ms.map_or("-".to_owned(), |p| format!("{p:.1}")),
                     if i == 0 { state.as_str() } else { "" },
+                ));
+            }
+        }
+        if !self.flags.is_empty() {
+            out.push_str(&format!("\n{:<28} {:<20} {}\n", "FLAG", "DEFAULT", "STATE"));
+            for flag in &self.flags {
+                let state = match &flag.kill {
+                    Some(kill) => format!(
+                        "KILLED by {} {}: {} (everyone gets {})",
+                        kill.by.as_str(),
+                        kill.at,
+                        kill.reason,
+                        flag.default
+                    ),
+                    None => format!("live ({})", flag.variants.join(", ")),
+                };
+                out.push_str(&format!(
+                    "{:<28} {:<20} {}\n",
+                    flag.key, flag.default, state
                 ));
             }
         }

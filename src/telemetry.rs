@@ -24,6 +24,7 @@ pub const ROUTE_WEIGHT: &str = "cutover_route_weight";
 pub const ROUTE_KILLED: &str = "cutover_route_killed";
 pub const CONFIG_RELOADS_TOTAL: &str = "cutover_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "cutover_config_generation";
+pub const FLAG_EVALUATIONS_TOTAL: &str = "cutover_flag_evaluations_total";
 
 /// Installs the process-wide Prometheus recorder. Call once, before any snapshot is built.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
@@ -63,6 +64,10 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config loads by result.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the config being served.");
+    describe_counter!(
+        FLAG_EVALUATIONS_TOTAL,
+        "Flag evaluations served, by flag, variant and OFREP reason."
+    );
     Ok(handle)
 }
 
@@ -166,6 +171,38 @@ impl TargetTelemetry {
         self.requests[5].increment(1);
         self.failures[reason as usize].increment(1);
         self.duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// Counter handles for one flag: per variant, per reason.
+pub struct FlagTelemetry {
+    by_variant: Vec<[Counter; 5]>,
+}
+
+impl FlagTelemetry {
+    pub fn new(flag: &Arc<str>, variants: &[&str]) -> FlagTelemetry {
+        FlagTelemetry {
+            by_variant: variants
+                .iter()
+                .map(|variant| {
+                    let variant: Arc<str> = (*variant).into();
+                    crate::flags::Reason::ALL.map(|reason| {
+                        counter!(
+                            FLAG_EVALUATIONS_TOTAL,
+                            "flag" => SharedString::from(flag.clone()),
+                            "variant" => SharedString::from(variant.clone()),
+                            "reason" => SharedString::const_str(reason.as_str())
+                        )
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, variant: usize, reason: crate::flags::Reason) {
+        if let Some(counters) = self.by_variant.get(variant) {
+            counters[reason as usize].increment(1);
+        }
     }
 }
 

@@ -258,3 +258,75 @@ async fn get_form_takes_the_context_from_the_query() {
     let (status, _, _) = get(flags, "/flags/nope", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
+    const TOKEN: &str = "flag-token";
+    let env = [("CUTOVER_ADMIN_TOKEN", TOKEN)];
+    let cutover = Cutover::start_with_env(&config(), &env);
+    let nl = json!({"targetingKey": "u1", "country": "NL"});
+    assert_eq!(
+        evaluate(&cutover, "new-checkout", nl.clone()).await.1["variant"],
+        "on"
+    );
+
+    let admin = format!("http://{}", cutover.admin);
+    let output = std::process::Command::new(common::BIN)
+        .args([
+            "kill",
+            "--flag",
+            "new-checkout",
+            "--reason",
+            "checkout errors",
+            "--admin",
+            &admin,
+        ])
+        .env("CUTOVER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (_, value) = evaluate(&cutover, "new-checkout", nl.clone()).await;
+    assert_eq!(
+        (value["variant"].as_str(), value["reason"].as_str()),
+        (Some("off"), Some("DISABLED"))
+    );
+
+    let cutover = cutover.restart(&env);
+    let (_, value) = evaluate(&cutover, "new-checkout", nl.clone()).await;
+    assert_eq!(
+        value["reason"], "DISABLED",
+        "the flag kill did not survive a restart"
+    );
+    let (_, _, body) = get(cutover.admin, "/api/status", &[]).await;
+    let status: Value = serde_json::from_str(&body).unwrap();
+    let flag = &status["flags"][0];
+    assert_eq!(
+        (flag["key"].as_str(), flag["killed"].as_bool()),
+        (Some("new-checkout"), Some(true))
+    );
+    assert_eq!(flag["kill"]["reason"], "checkout errors");
+
+    let (status, _, body) = send(
+        &common::client(),
+        cutover.admin,
+        "POST",
+        "/api/flags/new-checkout/resume",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        evaluate(&cutover, "new-checkout", nl).await.1["reason"],
+        "TARGETING_MATCH"
+    );
+    let series =
+        r#"cutover_flag_evaluations_total{flag="new-checkout",variant="off",reason="DISABLED"}"#;
+    assert_eq!(cutover.metric(series).await, Some(1.0));
+    let series = r#"cutover_flag_evaluations_total{flag="new-checkout",variant="on",reason="TARGETING_MATCH"}"#;
+    assert_eq!(cutover.metric(series).await, Some(1.0));
+}

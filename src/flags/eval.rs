@@ -29,6 +29,15 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order (`reason as usize` indexes this).
+    pub const ALL: [Reason; 5] = [
+        Reason::Static,
+        Reason::TargetingMatch,
+        Reason::Split,
+        Reason::Disabled,
+        Reason::Default,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Static => "STATIC",

@@ -24,7 +24,7 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{evaluate, Context, Flag};
+use super::{evaluate, Context};
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -92,10 +92,8 @@ impl FlagsApi {
 
     fn single(&self, key: &str, context: &(impl Context + ?Sized)) -> FlagsResponse {
         let snapshot = self.live.load();
-        match find(&snapshot, key) {
-            Some((flag, killed)) => {
-                json_response(StatusCode::OK, &evaluation(key, flag, context, killed))
-            }
+        match snapshot.config.flags.iter().position(|(k, _)| k == key) {
+            Some(index) => json_response(StatusCode::OK, &evaluation(&snapshot, index, context)),
             None => failure(
                 StatusCode::NOT_FOUND,
                 Some(key),
@@ -120,18 +118,8 @@ impl FlagsApi {
             }
             return response;
         }
-        let flags: Vec<Value> = snapshot
-            .config
-            .flags
-            .iter()
-            .map(|(key, flag)| {
-                evaluation(
-                    key,
-                    flag,
-                    context,
-                    snapshot.overrides.flags.contains_key(key),
-                )
-            })
+        let flags: Vec<Value> = (0..snapshot.config.flags.len())
+            .map(|index| evaluation(&snapshot, index, context))
             .collect();
         let mut response = json_response(StatusCode::OK, &json!({"flags": flags, "metadata": {}}));
         if let Ok(value) = HeaderValue::from_str(&etag) {
@@ -141,17 +129,13 @@ impl FlagsApi {
     }
 }
 
-fn find<'a>(snapshot: &'a Snapshot, key: &str) -> Option<(&'a Flag, bool)> {
-    snapshot
-        .config
-        .flags
-        .iter()
-        .find(|(k, _)| k == key)
-        .map(|(_, flag)| (flag, snapshot.overrides.flags.contains_key(key)))
-}
-
-fn evaluation(key: &str, flag: &Flag, context: &(impl Context + ?Sized), killed: bool) -> Value {
+/// Evaluates flag `index` of the snapshot and counts the answer.
+fn evaluation(snapshot: &Snapshot, index: usize, context: &(impl Context + ?Sized)) -> Value {
+    let (key, flag) = &snapshot.config.flags[index];
+    let killed = snapshot.overrides.flags.contains_key(key);
     let result = evaluate(flag, key, context, killed);
+    let variant = flag.variants.iter().position(|v| v.name == result.variant);
+    snapshot.flag_telemetry[index].record(variant.unwrap_or(usize::MAX), result.reason);
     json!({
         "key": key,
         "reason": result.reason.as_str(),
