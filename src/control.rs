@@ -102,9 +102,18 @@ struct ControlState {
     last: LastReload,
 }
 
+/// Announced to flag event subscribers whenever what any flag serves may have changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FlagChange {
+    /// 0 before the first change; then 1, 2, … (the SSE event id).
+    pub id: u64,
+    pub etag: String,
+}
+
 pub struct Control {
     path: PathBuf,
     live: Arc<LiveSnapshot>,
+    flag_changes: tokio::sync::watch::Sender<FlagChange>,
     /// Serializes every change; never touched by the request path.
     state: Mutex<ControlState>,
 }
@@ -137,6 +146,7 @@ impl Control {
         Ok(Control {
             path: path.to_path_buf(),
             live: Arc::new(LiveSnapshot::from_pointee(snapshot)),
+            flag_changes: tokio::sync::watch::Sender::new(FlagChange::default()),
             state: Mutex::new(ControlState {
                 last_text: text,
                 last_errors: None,
@@ -278,8 +288,26 @@ impl Control {
 
     fn publish(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        self.live.store(snapshot.clone());
+        let previous = self.live.swap(snapshot.clone());
         snapshot.export_gauges();
+        self.announce_flag_changes(&previous, &snapshot);
+    }
+
+    /// Subscribes to flag changes (the flags API's event stream).
+    pub fn flag_changes(&self) -> tokio::sync::watch::Receiver<FlagChange> {
+        self.flag_changes.subscribe()
+    }
+
+    fn announce_flag_changes(&self, before: &Snapshot, after: &Snapshot) {
+        if before.config.flags == after.config.flags
+            && before.overrides.flags == after.overrides.flags
+        {
+            return;
+        }
+        self.flag_changes.send_modify(|change| {
+            change.id += 1;
+            change.etag = format!("\"{:x}-{:x}\"", after.generation, change.id);
+        });
     }
 
     /// Pulls the kill switch of the named routes or flags (all of them for `None`): a route
@@ -356,6 +384,7 @@ impl Control {
         let snapshot = Arc::new(current.with_overrides(Arc::new(overrides)));
         self.live.store(snapshot.clone());
         snapshot.export_gauges();
+        self.announce_flag_changes(&current, &snapshot);
         if let Switch::Route = switch {
             for name in &changed {
                 if let Some(index) = snapshot.route_index(name) {

@@ -124,7 +124,18 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
         shutdown_rx.clone(),
     ));
     if let Some(listener) = flags_listener {
-        let api = Arc::new(FlagsApi { live: live.clone() });
+        let token = config
+            .flags_api
+            .as_ref()
+            .and_then(|api| api.token_env.as_deref())
+            .and_then(|name| std::env::var(name).ok())
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty());
+        let api = Arc::new(FlagsApi {
+            live: live.clone(),
+            changes: control.flag_changes(),
+            token,
+        });
         tokio::spawn(ofrep::serve(listener, api, shutdown_rx.clone()));
     }
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));

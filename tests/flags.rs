@@ -330,3 +330,97 @@ async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
     let series = r#"cutover_flag_evaluations_total{flag="new-checkout",variant="on",reason="TARGETING_MATCH"}"#;
     assert_eq!(cutover.metric(series).await, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flag_edit_is_announced_on_the_event_stream_within_a_second() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cutover = Cutover::start(&config());
+    let flags = cutover.flags.unwrap();
+    let mut stream = tokio::net::TcpStream::connect(flags).await.unwrap();
+    stream
+        .write_all(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).contains("text/event-stream"));
+
+    let saved = Instant::now();
+    write_by_rename(
+        &cutover.config_path(),
+        &config().replace(r#"default: few"#, r#"default: many"#),
+    );
+    let event = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "stream closed");
+            seen.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if text.contains("refetchEvaluation") {
+                return text;
+            }
+        }
+    })
+    .await
+    .expect("no event after a flag edit");
+    assert!(
+        saved.elapsed() < Duration::from_secs(1),
+        "event after {:?}",
+        saved.elapsed()
+    );
+    assert!(event.contains("id: 1\nevent: message\ndata: {"), "{event}");
+
+    // A subscriber that last saw nothing newer gets the missed event at once.
+    let mut late = tokio::net::TcpStream::connect(flags).await.unwrap();
+    late.write_all(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let caught_up = tokio::time::timeout(Duration::from_secs(2), async {
+        while !String::from_utf8_lossy(&got).contains("refetchEvaluation") {
+            let n = late.read(&mut buf).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(caught_up.is_ok(), "Last-Event-ID was not honoured");
+
+    // Bulk answers advertise the stream.
+    let (_, _, bulk) = ofrep(&cutover, "/ofrep/v1/evaluate/flags", "{}", &[]).await;
+    assert_eq!(bulk["eventStreams"][0]["type"], "sse");
+    assert_eq!(
+        bulk["eventStreams"][0]["endpoint"]["requestUri"],
+        "/flags/events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flags_token_is_required_when_configured() {
+    let yaml = config().replace(
+        "flags_api:\n  listen: 127.0.0.1:0\n",
+        "flags_api:\n  listen: 127.0.0.1:0\n  token_env: CUTOVER_FLAGS_TOKEN\n",
+    );
+    let cutover = Cutover::start_with_env(&yaml, &[("CUTOVER_FLAGS_TOKEN", "app-token")]);
+    let path = "/ofrep/v1/evaluate/flags/banner-text";
+    let (status, _, _) = ofrep(&cutover, path, "{}", &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = ofrep(&cutover, path, "{}", &[("authorization", "Bearer nope")]).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, value) = ofrep(
+        &cutover,
+        path,
+        "{}",
+        &[("authorization", "Bearer app-token")],
+    )
+    .await;
+    assert_eq!(
+        (status, value["variant"].as_str()),
+        (StatusCode::OK, Some("short"))
+    );
+}

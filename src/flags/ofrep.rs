@@ -5,6 +5,9 @@
 //! | POST `/ofrep/v1/evaluate/flags/{key}` | one flag for `{"context": {...}}`                |
 //! | POST `/ofrep/v1/evaluate/flags`       | every flag, with an `ETag`; `If-None-Match` → 304 |
 //! | GET `/flags/{key}?targetingKey=u1&…`  | one flag, query parameters as the context         |
+//! | GET `/flags/events`                   | Server-Sent Events: one per change to any flag    |
+//!
+//! With `flags_api.token_env` set, every call needs `Authorization: Bearer <token>`.
 //!
 //! Handlers stay thin: parse the context, load the snapshot once, call [`evaluate`].
 
@@ -15,29 +18,51 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{evaluate, Context};
+use crate::control::FlagChange;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
 const MAX_BODY: usize = 64 * 1024;
 
-type FlagsResponse = Response<Full<Bytes>>;
+/// Idle event streams get a comment this often, so proxies in between keep them open.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
+
+type FlagsBody = BoxBody<Bytes, Infallible>;
+type FlagsResponse = Response<FlagsBody>;
 
 pub struct FlagsApi {
     pub live: Arc<LiveSnapshot>,
+    pub changes: watch::Receiver<FlagChange>,
+    /// Required bearer token, when `flags_api.token_env` names a set variable.
+    pub token: Option<String>,
 }
 
 impl FlagsApi {
     async fn handle(self: Arc<Self>, req: Request<Incoming>) -> FlagsResponse {
+        if let Some(refusal) = self.authenticate(&req) {
+            return refusal;
+        }
         let path = req.uri().path().to_owned();
+        if path == "/flags/events" {
+            let last_seen = req
+                .headers()
+                .get("last-event-id")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            return self.events(last_seen);
+        }
         if let Some(key) = path.strip_prefix("/flags/").filter(|k| !k.is_empty()) {
             if req.method() != Method::GET {
                 return error(
@@ -90,6 +115,57 @@ impl FlagsApi {
         }
     }
 
+    fn authenticate(&self, req: &Request<Incoming>) -> Option<FlagsResponse> {
+        let expected = self.token.as_deref()?;
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            None => Some(error(
+                StatusCode::UNAUTHORIZED,
+                json!({"errorDetails": "missing bearer token"}),
+            )),
+            Some(token) if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) => None,
+            Some(_) => Some(error(
+                StatusCode::FORBIDDEN,
+                json!({"errorDetails": "wrong bearer token"}),
+            )),
+        }
+    }
+
+    /// `text/event-stream`: the current change at once if the client missed it
+    /// (`Last-Event-ID`), then one event per change and a heartbeat comment when idle.
+    fn events(&self, last_seen: Option<u64>) -> FlagsResponse {
+        let mut changes = self.changes.clone();
+        let current = changes.borrow_and_update().clone();
+        let missed = last_seen.is_some_and(|seen| seen < current.id);
+        let first = missed.then(|| event(&current));
+        let stream =
+            futures_util::stream::unfold((changes, first), |(mut changes, pending)| async move {
+                if let Some(frame) = pending {
+                    return Some((Ok(Frame::data(frame)), (changes, None)));
+                }
+                let frame = tokio::select! {
+                    changed = changes.changed() => match changed {
+                        Ok(()) => event(&changes.borrow_and_update().clone()),
+                        Err(_) => return None,
+                    },
+                    () = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b": heartbeat\n\n"),
+                };
+                Some((Ok(Frame::data(frame)), (changes, None)))
+            });
+        let mut response = Response::new(StreamBody::new(stream).boxed());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        response
+    }
+
     fn single(&self, key: &str, context: &(impl Context + ?Sized)) -> FlagsResponse {
         let snapshot = self.live.load();
         match snapshot.config.flags.iter().position(|(k, _)| k == key) {
@@ -111,7 +187,7 @@ impl FlagsApi {
         let snapshot = self.live.load();
         let etag = etag(&snapshot, context);
         if if_none_match.is_some_and(|v| matches_etag(v, &etag)) {
-            let mut response = Response::new(Full::new(Bytes::new()));
+            let mut response = Response::new(Full::new(Bytes::new()).boxed());
             *response.status_mut() = StatusCode::NOT_MODIFIED;
             if let Ok(value) = HeaderValue::from_str(&etag) {
                 response.headers_mut().insert(ETAG, value);
@@ -121,7 +197,18 @@ impl FlagsApi {
         let flags: Vec<Value> = (0..snapshot.config.flags.len())
             .map(|index| evaluation(&snapshot, index, context))
             .collect();
-        let mut response = json_response(StatusCode::OK, &json!({"flags": flags, "metadata": {}}));
+        let mut response = json_response(
+            StatusCode::OK,
+            &json!({
+                "flags": flags,
+                "metadata": {},
+                "eventStreams": [{
+                    "type": "sse",
+                    "endpoint": {"requestUri": "/flags/events"},
+                    "inactivityDelaySec": 120,
+                }],
+            }),
+        );
         if let Ok(value) = HeaderValue::from_str(&etag) {
             response.headers_mut().insert(ETAG, value);
         }
@@ -207,12 +294,21 @@ fn error(status: StatusCode, body: Value) -> FlagsResponse {
 }
 
 fn json_response(status: StatusCode, value: &Value) -> FlagsResponse {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+/// One SSE event telling clients to fetch their flags again.
+fn event(change: &FlagChange) -> Bytes {
+    let data = json!({"type": "refetchEvaluation", "etag": change.etag});
+    Bytes::from(format!(
+        "id: {}\nevent: message\ndata: {data}\n\n",
+        change.id
+    ))
 }
 
 /// Serves the flags API until `shutdown` flips.
