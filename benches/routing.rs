@@ -4,6 +4,8 @@
 //! - `route_pick_90_10_random`: the same without a sticky key.
 //! - `config_compile_1000_routes`: how long does a reload of a large file take (parse,
 //!   validate, compile a snapshot)? Target: < 20 ms.
+//! - `flag_eval_rules_rollout`: what does evaluating a flag with two rules and a rollout cost
+//!   (the rules miss, the rollout picks)? Target: < 100 ns.
 //! - `record_response`: what does recording one response cost the request path (status
 //!   counter, latency histogram, window stats), with the real Prometheus recorder installed?
 
@@ -88,6 +90,36 @@ fn config_compile(c: &mut Criterion) {
     });
 }
 
+fn flag_eval(c: &mut Criterion) {
+    let yaml = "\
+variants: { \"on\": true, \"off\": false }
+default: \"off\"
+rules:
+  - when: { country: { in: [NL, BE] } }
+    serve: \"on\"
+  - when: { plan: enterprise, version: { semver_ge: \"2.1.0\" } }
+    serve: \"on\"
+rollout: { \"on\": 25, \"off\": 75 }
+";
+    let raw: cutover::flags::RawFlag = serde_yaml::from_str(yaml).expect("valid flag");
+    let flag = cutover::flags::compile("new-checkout", &raw).expect("valid flag");
+    let mut context = serde_json::Map::new();
+    context.insert("targetingKey".into(), "user-8d3f2a".into());
+    context.insert("country".into(), "DE".into());
+    context.insert("plan".into(), "pro".into());
+    context.insert("version".into(), "2.3.1".into());
+    c.bench_function("flag_eval_rules_rollout", |b| {
+        b.iter(|| {
+            black_box(cutover::flags::evaluate(
+                &flag,
+                "new-checkout",
+                black_box(&context),
+                false,
+            ))
+        })
+    });
+}
+
 fn record_response(c: &mut Criterion) {
     // Real handles, as in the server; a second install (another bench binary run) is fine.
     let _ = cutover::telemetry::install_recorder();
@@ -103,5 +135,11 @@ fn record_response(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, route_pick, config_compile, record_response);
+criterion_group!(
+    benches,
+    route_pick,
+    config_compile,
+    flag_eval,
+    record_response
+);
 criterion_main!(benches);
