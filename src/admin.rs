@@ -15,7 +15,6 @@
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -24,9 +23,6 @@ use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTI
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
@@ -280,32 +276,9 @@ fn error(status: StatusCode, message: &str) -> AdminResponse {
 }
 
 /// Serves the admin API until `shutdown` flips.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let admin = admin.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let admin = admin.clone();
-            async move { Ok::<_, Infallible>(admin.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "admin connection error");
-            }
-        });
-    }
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: watch::Receiver<bool>) {
+    crate::listener::serve(listener, "admin API", shutdown, move |req| {
+        admin.clone().handle(req)
+    })
+    .await;
 }

@@ -19,6 +19,7 @@ pub mod forward;
 pub mod framing;
 pub mod headers;
 pub mod hygiene;
+pub mod listener;
 pub mod overrides;
 pub mod pool;
 pub mod proxy;

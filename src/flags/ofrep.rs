@@ -22,9 +22,6 @@ use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use serde_json::{json, Map, Value};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -312,33 +309,9 @@ fn event(change: &FlagChange) -> Bytes {
 }
 
 /// Serves the flags API until `shutdown` flips.
-pub async fn serve(listener: TcpListener, api: Arc<FlagsApi>, mut shutdown: watch::Receiver<bool>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(err) => {
-                    tracing::warn!(error = %err, "flags API accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let api = api.clone();
-        let service = service_fn(move |req: Request<Incoming>| {
-            let api = api.clone();
-            async move { Ok::<_, Infallible>(api.handle(req).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "flags API connection error");
-            }
-        });
-    }
+pub async fn serve(listener: TcpListener, api: Arc<FlagsApi>, shutdown: watch::Receiver<bool>) {
+    crate::listener::serve(listener, "flags API", shutdown, move |req| {
+        api.clone().handle(req)
+    })
+    .await;
 }
