@@ -19,17 +19,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::bearer::{self, Bearer};
 use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
 use crate::overrides::{Kill, KillSource};
 use crate::status::Status;
@@ -133,21 +133,16 @@ impl Admin {
                 "no admin token is configured: set the variable named by admin.token_env and restart",
             ));
         };
-        let presented = req
-            .headers()
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            None => {
+        match bearer::check(req.headers(), expected) {
+            Bearer::Missing => {
                 let mut response = error(StatusCode::UNAUTHORIZED, "missing bearer token");
                 response
                     .headers_mut()
                     .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
                 Some(response)
             }
-            Some(token) if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) => None,
-            Some(_) => Some(error(StatusCode::FORBIDDEN, "wrong bearer token")),
+            Bearer::Wrong => Some(error(StatusCode::FORBIDDEN, "wrong bearer token")),
+            Bearer::Valid => None,
         }
     }
 

@@ -23,11 +23,11 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::{evaluate, Context};
+use crate::bearer::{self, Bearer};
 use crate::control::FlagChange;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
@@ -114,21 +114,16 @@ impl FlagsApi {
 
     fn authenticate(&self, req: &Request<Incoming>) -> Option<FlagsResponse> {
         let expected = self.token.as_deref()?;
-        let presented = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            None => Some(error(
+        match bearer::check(req.headers(), expected) {
+            Bearer::Missing => Some(error(
                 StatusCode::UNAUTHORIZED,
                 json!({"errorDetails": "missing bearer token"}),
             )),
-            Some(token) if bool::from(token.trim().as_bytes().ct_eq(expected.as_bytes())) => None,
-            Some(_) => Some(error(
+            Bearer::Wrong => Some(error(
                 StatusCode::FORBIDDEN,
                 json!({"errorDetails": "wrong bearer token"}),
             )),
+            Bearer::Valid => None,
         }
     }
 
