@@ -51,14 +51,8 @@ enum Command {
     /// Send a route's traffic (or every route's, with --all) to its stable backend, now; or,
     /// with --flag, serve a flag's default to everyone.
     Kill {
-        #[arg(required_unless_present_any = ["all", "flag"], conflicts_with_all = ["all", "flag"])]
-        route: Option<String>,
-        /// Every route at once: the panic button.
-        #[arg(long, conflicts_with = "flag")]
-        all: bool,
-        /// A feature flag instead of a route.
-        #[arg(long)]
-        flag: Option<String>,
+        #[command(flatten)]
+        target: SwitchTarget,
         /// Recorded with the kill and shown in status.
         #[arg(long)]
         reason: Option<String>,
@@ -67,12 +61,8 @@ enum Command {
     },
     /// Undo a runtime kill: the configured split (or flag) applies again.
     Resume {
-        #[arg(required_unless_present_any = ["all", "flag"], conflicts_with_all = ["all", "flag"])]
-        route: Option<String>,
-        #[arg(long, conflicts_with = "flag")]
-        all: bool,
-        #[arg(long)]
-        flag: Option<String>,
+        #[command(flatten)]
+        target: SwitchTarget,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -84,6 +74,19 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+}
+
+/// What a kill or resume applies to: one route, every route, or one flag.
+#[derive(Args)]
+struct SwitchTarget {
+    #[arg(required_unless_present_any = ["all", "flag"], conflicts_with_all = ["all", "flag"])]
+    route: Option<String>,
+    /// Every route at once: the panic button.
+    #[arg(long, conflicts_with = "flag")]
+    all: bool,
+    /// A feature flag instead of a route.
+    #[arg(long)]
+    flag: Option<String>,
 }
 
 #[derive(Args)]
@@ -143,31 +146,24 @@ fn main() -> ExitCode {
             server::run_blocking(threads, demo::run(ports))
         }
         Command::Kill {
-            route,
-            all: _,
-            flag,
+            target,
             reason,
             admin,
         } => {
             let client = admin.client();
             admin_call(async move {
-                match flag {
+                match target.flag {
                     Some(flag) => client.kill_flag(&flag, reason).await,
-                    None => client.kill(route.as_deref(), reason).await,
+                    None => client.kill(target.route.as_deref(), reason).await,
                 }
             })
         }
-        Command::Resume {
-            route,
-            all: _,
-            flag,
-            admin,
-        } => {
+        Command::Resume { target, admin } => {
             let client = admin.client();
             admin_call(async move {
-                match flag {
+                match target.flag {
                     Some(flag) => client.resume_flag(&flag).await,
-                    None => client.resume(route.as_deref()).await,
+                    None => client.resume(target.route.as_deref()).await,
                 }
             })
         }

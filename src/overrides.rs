@@ -40,6 +40,15 @@ pub struct Kill {
 }
 
 impl Kill {
+    /// The kill a `kill: true` in the config file stands for.
+    pub fn in_config() -> Kill {
+        Kill {
+            by: KillSource::Yaml,
+            at: String::new(),
+            reason: "kill: true in the config file".to_owned(),
+        }
+    }
+
     pub fn now(by: KillSource, reason: impl Into<String>) -> Kill {
         Kill {
             by,

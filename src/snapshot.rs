@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::forward::{Upstream, UpstreamCache};
-use crate::overrides::{Kill, KillSource, Overrides};
+use crate::overrides::{Kill, Overrides};
 use crate::routing::{Route, RouteTable, BUCKETS};
 use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
 use crate::window::WindowStats;
@@ -202,11 +202,7 @@ fn kills_for(config: &Config, overrides: &Overrides) -> Arc<[Option<Kill>]> {
         .iter()
         .map(|spec| {
             if spec.kill {
-                Some(Kill {
-                    by: KillSource::Yaml,
-                    at: String::new(),
-                    reason: "kill: true in the config file".to_owned(),
-                })
+                Some(Kill::in_config())
             } else {
                 overrides.routes.get(&spec.name).cloned()
             }

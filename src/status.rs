@@ -134,11 +134,7 @@ impl Status {
                 .iter()
                 .map(|(key, flag)| {
                     let kill = if flag.kill {
-                        Some(Kill {
-                            by: crate::overrides::KillSource::Yaml,
-                            at: String::new(),
-                            reason: "kill: true in the config file".to_owned(),
-                        })
+                        Some(Kill::in_config())
                     } else {
                         snapshot.overrides.flags.get(key).cloned()
                     };

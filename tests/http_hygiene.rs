@@ -249,6 +249,15 @@ impl Recorder {
 }
 
 /// Asserts a request was refused with 400, on a closed connection, and never forwarded.
+/// Sends `request` through a proxy in front of a recording backend and asserts that it is
+/// answered 400, the connection closed, and nothing forwarded.
+async fn assert_proxy_rejects(request: &[u8], what: &str) {
+    let recorder = Recorder::start().await;
+    let cutover = proxy_to(&recorder.url(), "");
+    let reply = exchange_until_close(cutover.proxy, request).await;
+    assert_rejected_unforwarded(&reply, &recorder, what);
+}
+
 fn assert_rejected_unforwarded(reply: &Reply, recorder: &Recorder, what: &str) {
     let seen = recorder.seen();
     assert_eq!(
@@ -313,11 +322,7 @@ async fn differing_content_lengths_are_400_and_never_forwarded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfer_encoding_not_ending_in_chunked_is_400() {
     // RFC 9112 §6.3: a request whose final coding is not chunked cannot be framed → 400.
-    let recorder = Recorder::start().await;
-    let cutover = proxy_to(&recorder.url(), "");
-    let request = b"POST /headers HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n";
-    let reply = exchange_until_close(cutover.proxy, request).await;
-    assert_rejected_unforwarded(&reply, &recorder, "Transfer-Encoding: chunked, gzip");
+    assert_proxy_rejects(b"POST /headers HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", "Transfer-Encoding: chunked, gzip").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -475,40 +480,40 @@ async fn http10_request_without_host_is_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nul_in_a_field_value_is_400() {
-    let recorder = Recorder::start().await;
-    let cutover = proxy_to(&recorder.url(), "");
-    let request = b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\0b\r\n\r\n";
-    let reply = exchange_until_close(cutover.proxy, request).await;
-    assert_rejected_unforwarded(&reply, &recorder, "NUL in a value");
+    assert_proxy_rejects(
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\0b\r\n\r\n",
+        "NUL in a value",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bare_cr_in_a_field_value_is_400() {
-    let recorder = Recorder::start().await;
-    let cutover = proxy_to(&recorder.url(), "");
-    let request = b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\rb\r\n\r\n";
-    let reply = exchange_until_close(cutover.proxy, request).await;
-    assert_rejected_unforwarded(&reply, &recorder, "bare CR in a value");
+    assert_proxy_rejects(
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\rb\r\n\r\n",
+        "bare CR in a value",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whitespace_between_field_name_and_colon_is_400() {
     // RFC 9112 §5.1: a server MUST reject this with 400 (a known smuggling vector).
-    let recorder = Recorder::start().await;
-    let cutover = proxy_to(&recorder.url(), "");
-    let request = b"GET /headers HTTP/1.1\r\nHost: a.example\r\nContent-Length : 4\r\n\r\nabcd";
-    let reply = exchange_until_close(cutover.proxy, request).await;
-    assert_rejected_unforwarded(&reply, &recorder, "space before colon");
+    assert_proxy_rejects(
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nContent-Length : 4\r\n\r\nabcd",
+        "space before colon",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn obsolete_line_folding_in_a_request_is_400() {
     // RFC 9112 §5.2: a server rejects obs-fold with 400 (or unfolds it; rejecting is strictest).
-    let recorder = Recorder::start().await;
-    let cutover = proxy_to(&recorder.url(), "");
-    let request = b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\r\n folded\r\n\r\n";
-    let reply = exchange_until_close(cutover.proxy, request).await;
-    assert_rejected_unforwarded(&reply, &recorder, "obs-fold");
+    assert_proxy_rejects(
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nX-Test: a\r\n folded\r\n\r\n",
+        "obs-fold",
+    )
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------------

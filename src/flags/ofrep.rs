@@ -258,7 +258,9 @@ fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, Strin
 fn etag(snapshot: &Snapshot, context: &Map<String, Value>) -> String {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     // serde_json's map is ordered by key, so this is canonical.
-    Value::Object(context.clone()).to_string().hash(&mut hasher);
+    serde_json::to_string(context)
+        .unwrap_or_default()
+        .hash(&mut hasher);
     for key in snapshot.overrides.flags.keys() {
         key.hash(&mut hasher);
     }
