@@ -6,6 +6,7 @@
 //! lock on the request path.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct Carried {
     pub upstreams: UpstreamCache,
     windows: HashMap<(Arc<str>, Arc<str>, Duration), Arc<WindowStats>>,
     runtime: HashMap<String, Arc<RouteRuntime>>,
+    /// Evaluation counts by flag key and variant name.
+    flag_served: HashMap<(String, String), Arc<AtomicU64>>,
 }
 
 impl Snapshot {
@@ -126,14 +129,25 @@ impl Snapshot {
         carried.windows = windows;
         carried.runtime = runtimes;
         let kills = kills_for(&config, &overrides);
+        let mut flag_served = HashMap::new();
         let flag_telemetry = config
             .flags
             .iter()
             .map(|(key, flag)| {
                 let variants: Vec<&str> = flag.variants.iter().map(|v| v.name.as_str()).collect();
-                FlagTelemetry::new(&key.as_str().into(), &variants)
+                let served = variants
+                    .iter()
+                    .map(|&variant| {
+                        let id = (key.clone(), variant.to_owned());
+                        let count = carried.flag_served.remove(&id).unwrap_or_default();
+                        flag_served.insert(id, count.clone());
+                        count
+                    })
+                    .collect();
+                FlagTelemetry::new(&key.as_str().into(), &variants, served)
             })
             .collect();
+        carried.flag_served = flag_served;
         Snapshot {
             generation,
             config: Arc::new(config),

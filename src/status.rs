@@ -2,6 +2,8 @@
 //! doing over its route's window. Shared by the admin API (which writes it) and `cutover
 //! status` (which reads it), so the two can never disagree on a field.
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::format_percent;
@@ -24,10 +26,23 @@ pub struct Status {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct FlagStatus {
     pub key: String,
-    pub variants: Vec<String>,
+    pub variants: Vec<VariantStatus>,
     pub default: String,
+    /// Whether the flag has a `rollout` (each variant's `rollout_percent` is then set).
+    pub rollout: bool,
     pub killed: bool,
     pub kill: Option<Kill>,
+    /// Evaluations since cutover started, over all variants.
+    pub evaluations: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VariantStatus {
+    pub name: String,
+    /// Share of targeting keys in the flag's `rollout`, in percent.
+    pub rollout_percent: Option<f64>,
+    /// Evaluations that served this variant since cutover started.
+    pub evaluations: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -132,18 +147,35 @@ impl Status {
             flags: config
                 .flags
                 .iter()
-                .map(|(key, flag)| {
+                .zip(snapshot.flag_telemetry.iter())
+                .map(|((key, flag), telemetry)| {
                     let kill = if flag.kill {
                         Some(Kill::in_config())
                     } else {
                         snapshot.overrides.flags.get(key).cloned()
                     };
+                    let variants: Vec<VariantStatus> = flag
+                        .variants
+                        .iter()
+                        .zip(&telemetry.served)
+                        .enumerate()
+                        .map(|(index, (variant, served))| VariantStatus {
+                            name: variant.name.clone(),
+                            rollout_percent: flag
+                                .rollout
+                                .as_ref()
+                                .map(|r| f64::from(r.share_of(index)) / 100.0),
+                            evaluations: served.load(Ordering::Relaxed),
+                        })
+                        .collect();
                     FlagStatus {
                         key: key.clone(),
-                        variants: flag.variants.iter().map(|v| v.name.clone()).collect(),
                         default: flag.variants[flag.default].name.clone(),
+                        rollout: flag.rollout.is_some(),
                         killed: kill.is_some(),
                         kill,
+                        evaluations: variants.iter().map(|v| v.evaluations).sum(),
+                        variants,
                     }
                 })
                 .collect(),
@@ -220,7 +252,10 @@ impl Status {
             }
         }
         if !self.flags.is_empty() {
-            out.push_str(&format!("\n{:<28} {:<20} {}\n", "FLAG", "DEFAULT", "STATE"));
+            out.push_str(&format!(
+                "\n{:<28} {:<20} {:>11}  {}\n",
+                "FLAG", "DEFAULT", "EVALUATIONS", "STATE"
+            ));
             for flag in &self.flags {
                 let state = match &flag.kill {
                     Some(kill) => format!(
@@ -230,11 +265,11 @@ impl Status {
                         kill.reason,
                         flag.default
                     ),
-                    None => format!("live ({})", flag.variants.join(", ")),
+                    None => format!("live ({})", flag.describe_variants()),
                 };
                 out.push_str(&format!(
-                    "{:<28} {:<20} {}\n",
-                    flag.key, flag.default, state
+                    "{:<28} {:<20} {:>11}  {}\n",
+                    flag.key, flag.default, flag.evaluations, state
                 ));
             }
         }
@@ -244,6 +279,21 @@ impl Status {
             ));
         }
         out
+    }
+}
+
+impl FlagStatus {
+    /// `on 25% (1204), off 75% (3611)`: rollout shares when there is a rollout, and how often
+    /// each variant was served.
+    fn describe_variants(&self) -> String {
+        self.variants
+            .iter()
+            .map(|v| match v.rollout_percent {
+                Some(share) => format!("{} {}% ({})", v.name, percent(share), v.evaluations),
+                None => format!("{} ({})", v.name, v.evaluations),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

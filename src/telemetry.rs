@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use http::StatusCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,11 +178,15 @@ impl TargetTelemetry {
 /// Counter handles for one flag: per variant, per reason.
 pub struct FlagTelemetry {
     by_variant: Vec<[Counter; 5]>,
+    /// Evaluations per variant since start, for `/api/status` (metric handles cannot be
+    /// read back). Kept across reloads by flag key and variant name.
+    pub served: Vec<Arc<AtomicU64>>,
 }
 
 impl FlagTelemetry {
-    pub fn new(flag: &Arc<str>, variants: &[&str]) -> FlagTelemetry {
+    pub fn new(flag: &Arc<str>, variants: &[&str], served: Vec<Arc<AtomicU64>>) -> FlagTelemetry {
         FlagTelemetry {
+            served,
             by_variant: variants
                 .iter()
                 .map(|variant| {
@@ -202,6 +207,7 @@ impl FlagTelemetry {
     pub fn record(&self, variant: usize, reason: crate::flags::Reason) {
         if let Some(counters) = self.by_variant.get(variant) {
             counters[reason as usize].increment(1);
+            self.served[variant].fetch_add(1, Ordering::Relaxed);
         }
     }
 }

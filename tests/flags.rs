@@ -309,6 +309,15 @@ async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
         (Some("new-checkout"), Some(true))
     );
     assert_eq!(flag["kill"]["reason"], "checkout errors");
+    // One evaluation since the restart, served the default; the rollout shares are listed.
+    assert_eq!(flag["evaluations"], 1, "{flag}");
+    assert_eq!(
+        flag["variants"],
+        serde_json::json!([
+            {"name": "on", "rollout_percent": 25.0, "evaluations": 0},
+            {"name": "off", "rollout_percent": 75.0, "evaluations": 1},
+        ])
+    );
 
     let (status, _, body) = send(
         &common::client(),

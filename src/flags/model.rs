@@ -86,6 +86,20 @@ pub struct Rollout {
     pub bounds: Vec<(usize, u16)>,
 }
 
+impl Rollout {
+    /// The share of variant `index` in basis points (0 when it has none).
+    pub fn share_of(&self, index: usize) -> u32 {
+        let mut previous = 0;
+        for &(variant, bound) in &self.bounds {
+            if variant == index {
+                return u32::from(bound - previous);
+            }
+            previous = bound;
+        }
+        0
+    }
+}
+
 /// One thing wrong with a flag. The caller prefixes `path` with `flags.<key>.`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FlagError {
