@@ -37,6 +37,9 @@ fn summary(path: &Path, config: &Config) -> String {
         config.listen,
         config.admin.listen,
     );
+    if let Some(flags_file) = &config.flags_file {
+        let _ = writeln!(out, "  flags also from {}", flags_file.display());
+    }
     for route in &config.routes {
         let split: Vec<String> = route
             .split

@@ -92,11 +92,11 @@ pub struct OverrideOutcome {
 }
 
 struct ControlState {
-    /// Content of the last file read, to skip events that change nothing.
-    last_text: String,
+    /// What the last read found, to skip events that change nothing.
+    sources: config::Sources,
     last_errors: Option<Vec<ConfigError>>,
-    /// Whether the last read found the same text as the one before.
-    same_text: bool,
+    /// Whether the last read found the same texts as the one before.
+    same_sources: bool,
     generation: Generation,
     carried: Carried,
     last: LastReload,
@@ -114,6 +114,8 @@ pub struct Control {
     path: PathBuf,
     live: Arc<LiveSnapshot>,
     flag_changes: tokio::sync::watch::Sender<FlagChange>,
+    /// The files the config was last read from, for the file watcher.
+    watched: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// Serializes every change; never touched by the request path.
     state: Mutex<ControlState>,
 }
@@ -121,8 +123,8 @@ pub struct Control {
 impl Control {
     /// Loads the config and the runtime overrides for the first time.
     pub fn start(path: &Path) -> Result<Control, Vec<ConfigError>> {
-        let text = read(path)?;
-        let config = config::compile_text(path, &text).inspect_err(|_| {
+        let (loaded, sources) = config::read(path);
+        let config = loaded.inspect_err(|_| {
             telemetry::config_reload("error");
         })?;
         for warning in &config.warnings {
@@ -147,10 +149,11 @@ impl Control {
             path: path.to_path_buf(),
             live: Arc::new(LiveSnapshot::from_pointee(snapshot)),
             flag_changes: tokio::sync::watch::Sender::new(FlagChange::default()),
+            watched: tokio::sync::watch::Sender::new(sources.paths()),
             state: Mutex::new(ControlState {
-                last_text: text,
+                sources,
                 last_errors: None,
-                same_text: false,
+                same_sources: false,
                 generation: 1,
                 carried,
                 last: LastReload {
@@ -185,7 +188,9 @@ impl Control {
         let outcome = self.reload_locked(&mut state, trigger);
         // The watcher can report one save as several events; a rejected file read again
         // unchanged was already reported. SIGHUP and the API re-report it on purpose.
-        if trigger == "file" && state.same_text && matches!(outcome, ReloadOutcome::Rejected { .. })
+        if trigger == "file"
+            && state.same_sources
+            && matches!(outcome, ReloadOutcome::Rejected { .. })
         {
             return outcome;
         }
@@ -207,7 +212,7 @@ impl Control {
         match &outcome {
             ReloadOutcome::Applied { generation, diff } => {
                 let summary = if diff.is_empty() {
-                    "no routing change".to_owned()
+                    "no routing or flag change".to_owned()
                 } else {
                     diff.join("; ")
                 };
@@ -230,12 +235,8 @@ impl Control {
     }
 
     fn reload_locked(&self, state: &mut ControlState, trigger: &'static str) -> ReloadOutcome {
-        let text = match read(&self.path) {
-            Ok(text) => text,
-            Err(errors) => return ReloadOutcome::Rejected { errors },
-        };
-        state.same_text = text == state.last_text;
-        if state.same_text {
+        state.same_sources = state.sources.unchanged();
+        if state.same_sources {
             return match &state.last_errors {
                 Some(errors) => ReloadOutcome::Rejected {
                     errors: errors.clone(),
@@ -245,8 +246,15 @@ impl Control {
                 },
             };
         }
-        state.last_text = text;
-        let config = match config::compile_text(&self.path, &state.last_text) {
+        let (loaded, sources) = config::read(&self.path);
+        let paths = sources.paths();
+        self.watched.send_if_modified(|watched| {
+            let changed = *watched != paths;
+            *watched = paths;
+            changed
+        });
+        state.sources = sources;
+        let config = match loaded {
             Ok(config) => config,
             Err(errors) => {
                 state.last_errors = Some(errors.clone());
@@ -291,6 +299,12 @@ impl Control {
         let previous = self.live.swap(snapshot.clone());
         snapshot.export_gauges();
         self.announce_flag_changes(&previous, &snapshot);
+    }
+
+    /// The files the config is read from (the config file and its `flags_file`), updated
+    /// whenever a reload reads a different set.
+    pub fn watched_files(&self) -> tokio::sync::watch::Receiver<Vec<PathBuf>> {
+        self.watched.subscribe()
     }
 
     /// Subscribes to flag changes (the flags API's event stream).
@@ -415,15 +429,4 @@ impl Control {
             _ => false,
         }
     }
-}
-
-fn read(path: &Path) -> Result<String, Vec<ConfigError>> {
-    std::fs::read_to_string(path).map_err(|err| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            path: String::new(),
-            message: format!("cannot read: {err}"),
-        }]
-    })
 }

@@ -1,10 +1,11 @@
 //! What triggers a reload (the file's directory changing, SIGHUP) and how a reload is
 //! described. Every trigger calls the one reload path, [`Control::reload`].
 //!
-//! The watcher follows the config file's *directory*, never a canonicalized path, so editors'
+//! The watcher follows each config file's *directory*, never a canonicalized path, so editors'
 //! atomic renames and the Kubernetes ConfigMap `..data` symlink swap are both seen.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use crate::control::Control;
 /// How long the file must be quiet before a change is read: editors write in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
-/// One line per routing change, e.g. `payments: payments-v2 10% → 25%, legacy 90% → 75%`.
+/// One line per routing or flag change, e.g. `payments: payments-v2 10% → 25%, legacy 90% → 75%`.
 pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut lines = Vec::new();
     let split_of = |config: &Config, index: usize| -> Vec<(String, u32)> {
@@ -71,6 +72,18 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             lines.push(format!("route {} removed", route.name));
         }
     }
+    for (key, flag) in &new.flags {
+        match old.flags.iter().find(|(k, _)| k == key) {
+            None => lines.push(format!("flag {key} added")),
+            Some((_, f)) if f != flag => lines.push(format!("flag {key} changed")),
+            Some(_) => {}
+        }
+    }
+    for (key, _) in &old.flags {
+        if new.flags.iter().all(|(k, _)| k != key) {
+            lines.push(format!("flag {key} removed"));
+        }
+    }
     for backend in &new.backends {
         match old.backends.iter().find(|b| b.name == backend.name) {
             None => lines.push(format!("backend {} added", backend.name)),
@@ -81,35 +94,96 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     lines
 }
 
-/// Watches the config's directory and reloads after changes to the file or `..data`.
-/// The returned watcher must be kept alive.
-pub fn watch(control: Arc<Control>) -> notify::Result<notify::RecommendedWatcher> {
-    let path = control.path().to_path_buf();
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().map(ToOwned::to_owned);
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+/// Watches the directory of each file the config is read from (the config file and its
+/// `flags_file`) and reloads after changes to one of those files or to a `..data` symlink.
+/// The set follows the config: a reload that names another `flags_file` moves the watch.
+pub fn watch(control: Arc<Control>) -> notify::Result<()> {
+    let (tx, mut events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let relevant = event.paths.iter().any(|p| {
-            let name = p.file_name();
-            name == file_name.as_deref() || name == Some("..data".as_ref())
-        });
-        if relevant {
-            let _ = tx.send(());
+        if let Ok(event) = event {
+            let _ = tx.send(event.paths);
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+    let mut files = control.watched_files();
+    let mut watching = Watching::default();
+    if let Err(err) = watching.follow(&mut watcher, &files.borrow_and_update()) {
+        tracing::warn!(error = %err, "cannot watch a config directory; reload with SIGHUP");
+    }
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
-            let control = control.clone();
-            let _ = tokio::task::spawn_blocking(move || control.reload("file")).await;
+        loop {
+            tokio::select! {
+                Some(paths) = events.recv() => {
+                    if !paths.iter().any(|p| watching.is_relevant(p)) {
+                        continue;
+                    }
+                    while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
+                    let control = control.clone();
+                    let _ = tokio::task::spawn_blocking(move || control.reload("file")).await;
+                }
+                Ok(()) = files.changed() => {
+                    let files = files.borrow_and_update().clone();
+                    if let Err(err) = watching.follow(&mut watcher, &files) {
+                        tracing::warn!(error = %err, "cannot watch a config directory; reload with SIGHUP");
+                    }
+                }
+                else => break,
+            }
         }
     });
-    Ok(watcher)
+    Ok(())
+}
+
+/// The directories being watched and the file names that matter in them.
+#[derive(Default)]
+struct Watching {
+    dirs: Vec<PathBuf>,
+    names: Vec<OsString>,
+}
+
+impl Watching {
+    fn follow(&mut self, watcher: &mut impl Watcher, files: &[PathBuf]) -> notify::Result<()> {
+        let dirs: Vec<PathBuf> = files.iter().map(|f| directory_of(f)).collect();
+        for dir in &self.dirs {
+            if !dirs.contains(dir) {
+                let _ = watcher.unwatch(dir);
+            }
+        }
+        let mut watched = Vec::new();
+        let mut result = Ok(());
+        for dir in dirs {
+            if watched.contains(&dir) {
+                continue;
+            }
+            if !self.dirs.contains(&dir) {
+                if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                    result = Err(err);
+                    continue;
+                }
+            }
+            watched.push(dir);
+        }
+        self.dirs = watched;
+        self.names = files
+            .iter()
+            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+            .chain([OsString::from("..data")])
+            .collect();
+        result
+    }
+
+    /// By name only: a same-named file in another watched directory costs one reload that
+    /// finds nothing changed.
+    fn is_relevant(&self, path: &Path) -> bool {
+        path.file_name()
+            .is_some_and(|name| self.names.iter().any(|n| n == name))
+    }
+}
+
+fn directory_of(file: &Path) -> PathBuf {
+    match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 /// Reloads on every SIGHUP.

@@ -94,13 +94,9 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
         None => "off".to_owned(),
     };
 
-    let _watcher = match reload::watch(control.clone()) {
-        Ok(watcher) => Some(watcher),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot watch the config directory; reload with SIGHUP");
-            None
-        }
-    };
+    if let Err(err) = reload::watch(control.clone()) {
+        tracing::warn!(error = %err, "cannot watch the config directory; reload with SIGHUP");
+    }
     reload::reload_on_sighup(control.clone()).context("installing the SIGHUP handler")?;
 
     if token.is_none() {

@@ -282,3 +282,69 @@ flags:
         );
     }
 }
+
+#[test]
+fn check_reads_the_flags_file_and_points_into_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.yaml");
+    std::fs::write(
+        &path,
+        "flags_file: flags.yaml\nbackends:\n  legacy: {url: 'http://127.0.0.1:9'}\n\
+         routes:\n  - {name: all, match: {path_prefix: /}, split: {legacy: 100}}\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{}:1:1: flags_file: cannot read {}",
+            path.display(),
+            dir.path().join("flags.yaml").display()
+        )),
+        "{stderr}"
+    );
+
+    let flags = dir.path().join("flags.yaml");
+    std::fs::write(
+        &flags,
+        "flags:\n  x:\n    variants: {a: 1}\n    default: a\n",
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("1 flag;"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("flags also from {}", flags.display())),
+        "{stdout}"
+    );
+
+    // Only `flags:` belongs in a flags file.
+    std::fs::write(
+        &flags,
+        "flags:\n  x:\n    variants: {a: 1}\n    default: b\nroutes: []\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{}:5:1: unknown field `routes`, expected `flags`",
+            flags.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::write(
+        &flags,
+        "flags:\n  x:\n    variants: {a: 1}\n    default: b\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    assert!(
+        stderr.contains(&format!(
+            "{}:4:5: flags.x.default: unknown variant \"b\"",
+            flags.display()
+        )),
+        "{stderr}"
+    );
+}

@@ -433,3 +433,74 @@ async fn a_flags_token_is_required_when_configured() {
         (StatusCode::OK, Some("short"))
     );
 }
+
+/// Flags in their own file, in their own directory (as a second ConfigMap would be mounted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flags_file_is_hot_reloaded_from_its_own_directory_and_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let team_flags = |banner: &str| {
+        format!("# owned by the checkout team\nflags:\n  banner:\n    variants: {{ a: \"{banner}\", b: \"other\" }}\n    default: a\n")
+    };
+    let main = "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nflags_api:\n  listen: 127.0.0.1:0\n\
+                flags_file: team/flags.yaml\n\
+                backends:\n  legacy: {url: 'http://127.0.0.1:9'}\n\
+                routes:\n  - {name: all, match: {path_prefix: /}, split: {legacy: 100}}\n\
+                flags:\n  core:\n    variants: { \"on\": true, \"off\": false }\n    default: \"on\"\n";
+    std::fs::write(dir.path().join("cutover.yaml"), main).unwrap();
+    let flags_path = dir.path().join("team").join("flags.yaml");
+    std::fs::create_dir(dir.path().join("team")).unwrap();
+    std::fs::write(&flags_path, team_flags("first")).unwrap();
+    let cutover = Cutover::start_in(dir, "cutover.yaml", &[]);
+
+    let (_, value) = evaluate(&cutover, "banner", json!({})).await;
+    assert_eq!(value["value"], "first");
+    let (_, value) = evaluate(&cutover, "core", json!({})).await;
+    assert_eq!(value["value"], true, "flags from both files are served");
+
+    write_by_rename(&flags_path, &team_flags("second"));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, value) = evaluate(&cutover, "banner", json!({})).await;
+        if value["value"] == "second" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flags file edit was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    cutover.wait_for_log("flag banner changed", Duration::from_secs(1));
+
+    // A broken flags file is reported at its own line and column; the last good flags serve on.
+    let broken = team_flags("third").replace("default: a", "default: a\n    rollout: { a: 50 }");
+    std::fs::write(&flags_path, broken).unwrap();
+    let expected = format!(
+        "{}:6:5: flags.banner.rollout: percentages sum to 50, must be 100",
+        flags_path.display()
+    );
+    cutover.wait_for_log(&expected, Duration::from_secs(3));
+    let (_, value) = evaluate(&cutover, "banner", json!({})).await;
+    assert_eq!(value["value"], "second");
+
+    // A key defined in both files is an error, not a silent override.
+    let twice = format!(
+        "{}  core:\n    variants: {{ x: 1 }}\n    default: x\n",
+        team_flags("third")
+    );
+    std::fs::write(&flags_path, twice).unwrap();
+    let expected = format!(
+        "{}:6:3: flags.core: flag \"core\" is also defined in {}",
+        flags_path.display(),
+        cutover.config_path().display()
+    );
+    cutover.wait_for_log(&expected, Duration::from_secs(3));
+    assert_eq!(
+        cutover
+            .metric(r#"cutover_config_reloads_total{result="error"}"#)
+            .await,
+        Some(2.0)
+    );
+    let (_, value) = evaluate(&cutover, "core", json!({})).await;
+    assert_eq!(value["value"], true);
+}

@@ -41,35 +41,110 @@ impl fmt::Display for ConfigError {
 /// The result of reading a config file: a valid config plus warnings, or every error.
 pub type Loaded = Result<Config, Vec<ConfigError>>;
 
-/// Reads, parses and validates the file at `path`. Relative paths inside the file
-/// (`state_file`) are resolved against the file's directory.
-pub fn load(path: &Path) -> Loaded {
-    let text = std::fs::read_to_string(path).map_err(|err| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            path: String::new(),
-            message: format!("cannot read: {err}"),
-        }]
-    })?;
-    compile_text(path, &text)
+/// Every file a config was compiled from (the config file, then its `flags_file`), with the
+/// text read from each, or `None` if it could not be read. A reload that finds the same
+/// texts has nothing to do; the watcher follows each file's directory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Sources(pub Vec<(PathBuf, Option<String>)>);
+
+impl Sources {
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.0.iter().map(|(path, _)| path.clone()).collect()
+    }
+
+    /// Whether every file still has the text it had.
+    pub fn unchanged(&self) -> bool {
+        !self.0.is_empty()
+            && self
+                .0
+                .iter()
+                .all(|(path, text)| std::fs::read_to_string(path).ok() == *text)
+    }
 }
 
-/// Parses and validates `text` as if it were the file at `path` (which is not read).
+/// Reads, parses and validates the file at `path` and the `flags_file` it names. Relative
+/// paths inside the file (`state_file`, `flags_file`) are resolved against its directory.
+pub fn load(path: &Path) -> Loaded {
+    read(path).0
+}
+
+/// [`load`], also returning what was read.
+pub fn read(path: &Path) -> (Loaded, Sources) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let (loaded, flags_source) = compile(path, &text);
+            let mut sources = vec![(path.to_path_buf(), Some(text))];
+            sources.extend(flags_source);
+            (loaded, Sources(sources))
+        }
+        Err(err) => (
+            Err(vec![ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                path: String::new(),
+                message: format!("cannot read: {err}"),
+            }]),
+            Sources(vec![(path.to_path_buf(), None)]),
+        ),
+    }
+}
+
+/// Parses and validates `text` as if it were the file at `path` (which is not read; a
+/// `flags_file` it names is).
 pub fn compile_text(path: &Path, text: &str) -> Loaded {
-    let raw = parse(text).map_err(|(location, message)| {
-        vec![ConfigError {
-            file: path.to_path_buf(),
-            location,
+    compile(path, text).0
+}
+
+fn compile(path: &Path, text: &str) -> (Loaded, Option<(PathBuf, Option<String>)>) {
+    let raw: raw::RawConfig = match parse(text) {
+        Ok(raw) => raw,
+        Err(error) => return (Err(vec![error.in_file(path)]), None),
+    };
+    let Some(name) = raw.flags_file.clone() else {
+        return (validate::validate(raw, path, text, None), None);
+    };
+    let flags_path = path.parent().unwrap_or(Path::new(".")).join(&name);
+    let flags_text = std::fs::read_to_string(&flags_path);
+    let flags = match &flags_text {
+        Ok(flags_text) => validate::FlagsFile {
+            path: &flags_path,
+            text: flags_text,
+            parsed: parse(flags_text).map_err(|error| error.in_file(&flags_path)),
+        },
+        Err(err) => validate::FlagsFile {
+            path: &flags_path,
+            text: "",
+            parsed: Err(ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                path: "flags_file".to_owned(),
+                message: format!("cannot read {}: {err}", flags_path.display()),
+            }),
+        },
+    };
+    let loaded = validate::validate(raw, path, text, Some(flags));
+    (loaded, Some((flags_path.clone(), flags_text.ok())))
+}
+
+/// A parse error, before it is known which file it belongs to.
+struct ParseError {
+    location: Option<Location>,
+    message: String,
+}
+
+impl ParseError {
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError {
+            file: file.to_path_buf(),
+            location: self.location,
             path: String::new(),
-            message,
-        }]
-    })?;
-    validate::validate(raw, path, text)
+            message: self.message,
+        }
+    }
 }
 
 /// The single place YAML is deserialized: swapping serde_yaml for a fork is a change here.
-fn parse(text: &str) -> Result<raw::RawConfig, (Option<Location>, String)> {
+fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParseError> {
     serde_yaml::from_str(text).map_err(|err| {
         let location = err.location().map(|at| Location {
             line: at.line(),
@@ -80,6 +155,6 @@ fn parse(text: &str) -> Result<raw::RawConfig, (Option<Location>, String)> {
         if let Some(cut) = message.rfind(" at line ") {
             message.truncate(cut);
         }
-        (location, message)
+        ParseError { location, message }
     })
 }

@@ -26,7 +26,10 @@ pub struct Config {
     /// In file order: the first match wins.
     pub routes: Vec<RouteSpec>,
     /// Feature flags by key, in file order.
+    /// Flags from the config file, then those from `flags_file`.
     pub flags: Vec<(String, Flag)>,
+    /// Where more flags come from, resolved against the config file's directory.
+    pub flags_file: Option<PathBuf>,
     /// Things that are allowed but probably not meant, e.g. a route that can never match.
     pub warnings: Vec<String>,
 }

@@ -26,6 +26,16 @@ pub struct RawConfig {
     pub routes: Vec<RawRoute>,
     #[serde(default)]
     pub flags: OrderedMap<crate::flags::RawFlag>,
+    /// A second file with more flags, so application teams can own them apart from routes.
+    pub flags_file: Option<String>,
+}
+
+/// A `flags_file`: the same `flags:` map as in the main file, and nothing else.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlagsFile {
+    #[serde(default)]
+    pub flags: OrderedMap<crate::flags::RawFlag>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -12,8 +12,11 @@ use ipnet::IpNet;
 
 use super::locate::LocationIndex;
 use super::model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RouteSpec};
-use super::raw::{RawBackend, RawConfig, RawGuard, RawMatch, RawRoute, RawSticky};
+use super::raw::{
+    OrderedMap, RawBackend, RawConfig, RawFlagsFile, RawGuard, RawMatch, RawRoute, RawSticky,
+};
 use super::{ConfigError, Loaded};
+use crate::flags::{Flag, RawFlag};
 use crate::routing::{HostMatch, Matcher, PathMatch, StickySource, BUCKETS};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -37,14 +40,22 @@ struct Validator<'a> {
     warnings: Vec<String>,
 }
 
+/// The `flags_file` a config names, as read and parsed.
+pub struct FlagsFile<'a> {
+    pub path: &'a Path,
+    pub text: &'a str,
+    /// A parse error belongs to the flags file; a read error to the config's `flags_file`.
+    pub parsed: Result<RawFlagsFile, ConfigError>,
+}
+
 /// `text` is the file's content; it is read again only to locate errors, if there are any.
-pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
-    let mut v = Validator {
-        file,
-        locate_at: Vec::new(),
-        errors: Vec::new(),
-        warnings: Vec::new(),
-    };
+pub fn validate(
+    raw: RawConfig,
+    file: &Path,
+    text: &str,
+    flags_file: Option<FlagsFile<'_>>,
+) -> Loaded {
+    let mut v = Validator::new(file);
 
     let listen = v.socket_addr("listen", raw.listen.as_deref(), DEFAULT_LISTEN);
     let admin = AdminSettings {
@@ -124,32 +135,32 @@ pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
             routes[later].name, routes[earlier].name
         ));
     }
-    let mut flags = Vec::with_capacity(raw.flags.0.len());
-    for (key, raw_flag) in &raw.flags.0 {
-        let path = format!("flags.{key}");
-        let name_ok = v.name(&path, "flag", key);
-        match crate::flags::compile(key, raw_flag) {
-            Ok(flag) if name_ok => flags.push((key.clone(), flag)),
-            Ok(_) => {}
-            Err(errors) => {
-                for error in errors {
-                    let at = if error.path.is_empty() {
-                        path.clone()
-                    } else {
-                        format!("{path}.{}", error.path)
-                    };
-                    v.error(&at, error.message);
+    let mut flags = v.flags(&raw.flags);
+    let mut file_errors = Vec::new();
+    match flags_file.map(|f| (f.parsed, f.path, f.text)) {
+        None => {}
+        Some((Err(error), _, _)) if error.file == file => v.error(&error.path, error.message),
+        Some((Err(error), _, _)) => file_errors.push(error),
+        Some((Ok(extra), path, flags_text)) => {
+            let mut fv = Validator::new(path);
+            for (key, _) in &extra.flags.0 {
+                if flags.iter().any(|(k, _)| k == key) {
+                    fv.error(
+                        &format!("flags.{key}"),
+                        format!("flag {key:?} is also defined in {}", file.display()),
+                    );
                 }
             }
+            flags.extend(fv.flags(&extra.flags));
+            v.warnings.append(&mut fv.warnings);
+            file_errors = fv.located_errors(flags_text);
         }
     }
 
-    if !v.errors.is_empty() {
-        let index = LocationIndex::build(text);
-        for (error, at) in v.errors.iter_mut().zip(&v.locate_at) {
-            error.location = index.find(at);
-        }
-        return Err(v.errors);
+    if !v.errors.is_empty() || !file_errors.is_empty() {
+        let mut errors = v.located_errors(text);
+        errors.extend(file_errors);
+        return Err(errors);
     }
     Ok(Config {
         listen,
@@ -163,11 +174,56 @@ pub fn validate(raw: RawConfig, file: &Path, text: &str) -> Loaded {
         backends,
         routes,
         flags,
+        flags_file: raw.flags_file.as_ref().map(|name| base_dir.join(name)),
         warnings: v.warnings,
     })
 }
 
-impl Validator<'_> {
+impl<'a> Validator<'a> {
+    fn new(file: &'a Path) -> Validator<'a> {
+        Validator {
+            file,
+            locate_at: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// The errors with their locations in `text`, which is parsed again only now.
+    fn located_errors(mut self, text: &str) -> Vec<ConfigError> {
+        if !self.errors.is_empty() {
+            let index = LocationIndex::build(text);
+            for (error, at) in self.errors.iter_mut().zip(&self.locate_at) {
+                error.location = index.find(at);
+            }
+        }
+        self.errors
+    }
+
+    /// Compiles a `flags:` map, reporting errors under `flags.<key>`.
+    fn flags(&mut self, raw: &OrderedMap<RawFlag>) -> Vec<(String, Flag)> {
+        let mut flags = Vec::with_capacity(raw.0.len());
+        for (key, raw_flag) in &raw.0 {
+            let path = format!("flags.{key}");
+            let name_ok = self.name(&path, "flag", key);
+            match crate::flags::compile(key, raw_flag) {
+                Ok(flag) if name_ok => flags.push((key.clone(), flag)),
+                Ok(_) => {}
+                Err(errors) => {
+                    for error in errors {
+                        let at = if error.path.is_empty() {
+                            path.clone()
+                        } else {
+                            format!("{path}.{}", error.path)
+                        };
+                        self.error(&at, error.message);
+                    }
+                }
+            }
+        }
+        flags
+    }
+
     fn error(&mut self, path: &str, message: String) {
         self.error_at(path, path, message);
     }
