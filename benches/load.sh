@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
-# Load comparison on loopback: cutover vs HAProxy vs nginx vs the bare backend.
+# Load comparison on loopback.
+#
+# MODE=route (default): cutover proxying a 90/10 sticky split vs HAProxy vs nginx vs the bare
+# backend.
+# MODE=ofrep: single-flag OFREP evaluations (POST /ofrep/v1/evaluate/flags/new-checkout, a new
+# targetingKey per request) vs nginx answering `return 200` with the same JSON, the HTTP floor.
+# Each server is pinned to CPU $SERVER_CPU and wrk to CPU $CLIENT_CPU, so the server has exactly
+# one core.
 #
 #   bash benches/load.sh                          # all targets, 3 rounds of 10 s each
 #   TARGETS="haproxy nginx direct" DURATION=3 ROUNDS=1 bash benches/load.sh
 #   CUTOVER_BIN=/tmp/before CUTOVER_BIN_B=/tmp/after bash benches/load.sh
+#   MODE=ofrep bash benches/load.sh
 #
-# Knobs: MODE (route), TARGETS (subset of: cutover cutover-b haproxy nginx direct),
-# DURATION (s per wrk run), ROUNDS, CONNECTIONS, CUTOVER_BIN, CUTOVER_BIN_B,
-# SPLIT_CHECK (requests used to check the split before loading, 0 = skip), KEEP_TMP=1.
+# Knobs: MODE (route, ofrep), TARGETS (route: cutover cutover-b haproxy nginx direct; ofrep:
+# cutover cutover-b nginx), DURATION (s per wrk run), ROUNDS, CONNECTIONS, CUTOVER_BIN,
+# CUTOVER_BIN_B, SPLIT_CHECK (requests used to check the split before loading, 0 = skip),
+# PIN (1: taskset servers and wrk; default 1 for ofrep, 0 for route), SERVER_CPU, CLIENT_CPU,
+# KEEP_TMP=1.
 # The table goes to stdout, progress to stderr: `bash benches/load.sh > result.txt`.
 set -euo pipefail
 
@@ -18,6 +28,9 @@ DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-64}
 SPLIT_CHECK=${SPLIT_CHECK:-200}
+if [[ $MODE == ofrep ]]; then PIN=${PIN:-1}; else PIN=${PIN:-0}; fi
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
 READY_TIMEOUT=20
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-3600}
 
@@ -31,6 +44,7 @@ LEGACY_PORT=18001
 NEW_PORT=18002
 declare -A PORT=([cutover]=18080 [cutover-b]=18081 [haproxy]=18082 [nginx]=18083 [direct]=$LEGACY_PORT)
 declare -A ADMIN_PORT=([cutover]=19901 [cutover-b]=19902)
+declare -A FLAGS_PORT=([cutover]=18016 [cutover-b]=18017)
 declare -A PID=()   # target -> the pid whose process tree we measure
 PIDS=()             # every server this script started; all killed on exit
 WRK_PID=""          # the wrk run in progress, if any
@@ -72,24 +86,39 @@ trap 'exit 143' TERM
 
 check_knobs() {
     local k
-    for k in DURATION ROUNDS CONNECTIONS SPLIT_CHECK; do
+    for k in DURATION ROUNDS CONNECTIONS SPLIT_CHECK PIN SERVER_CPU CLIENT_CPU; do
         [[ ${!k} =~ ^[0-9]+$ ]] || die "$k must be a whole number, got '${!k}'"
     done
     ((DURATION > 0 && ROUNDS > 0 && CONNECTIONS > 0)) || die "DURATION, ROUNDS and CONNECTIONS must be > 0"
     case $MODE in
-        route) ;;
-        *) die "MODE=$MODE: only 'route' exists so far" ;;
+        route | ofrep) ;;
+        *) die "MODE=$MODE: use route or ofrep" ;;
+    esac
+    if ((PIN)); then
+        command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
+        ((SERVER_CPU != CLIENT_CPU && $(nproc) > SERVER_CPU && $(nproc) > CLIENT_CPU)) ||
+            die "SERVER_CPU and CLIENT_CPU must be two different CPUs of the $(nproc) here"
+    fi
+}
+
+known_targets() {
+    case $MODE in
+        route) echo "cutover cutover-b haproxy nginx direct" ;;
+        ofrep) echo "cutover cutover-b nginx" ;;
     esac
 }
 
 default_targets() {
-    echo "cutover ${CUTOVER_BIN_B:+cutover-b }haproxy nginx direct"
+    case $MODE in
+        route) echo "cutover ${CUTOVER_BIN_B:+cutover-b }haproxy nginx direct" ;;
+        ofrep) echo "cutover ${CUTOVER_BIN_B:+cutover-b }nginx" ;;
+    esac
 }
 
 check_targets() {
     local t
     for t in $TARGETS; do
-        [[ -n ${PORT[$t]:-} ]] || die "unknown target '$t' (known: cutover cutover-b haproxy nginx direct)"
+        [[ " $(known_targets) " == *" $t "* ]] || die "unknown target '$t' for MODE=$MODE (known: $(known_targets))"
     done
     if wants cutover-b && [[ -z $CUTOVER_BIN_B ]]; then die "target cutover-b needs CUTOVER_BIN_B"; fi
     return 0
@@ -121,9 +150,11 @@ ensure_cutover_bin() {
 # A port already taken would make us benchmark some other process.
 check_ports_free() {
     local t p
-    for p in $LEGACY_PORT $NEW_PORT; do port_free "$p" || die "127.0.0.1:$p is already in use"; done
+    if [[ $MODE == route ]]; then
+        for p in $LEGACY_PORT $NEW_PORT; do port_free "$p" || die "127.0.0.1:$p is already in use"; done
+    fi
     for t in $TARGETS; do
-        for p in ${PORT[$t]} ${ADMIN_PORT[$t]:-}; do
+        for p in ${PORT[$t]} ${ADMIN_PORT[$t]:-} ${FLAGS_PORT[$t]:-}; do
             [[ $t == direct ]] || port_free "$p" || die "127.0.0.1:$p ($t) is already in use"
         done
     done
@@ -133,10 +164,14 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---------------------------------------------------------------- processes
 
+# With PIN=1, servers get CPU $SERVER_CPU and wrk CPU $CLIENT_CPU (children inherit it).
+on_server_cpu() { if ((PIN)); then taskset -c "$SERVER_CPU" "$@"; else "$@"; fi; }
+on_client_cpu() { if ((PIN)); then taskset -c "$CLIENT_CPU" "$@"; else "$@"; fi; }
+
 spawn() { # name logfile cmd... : start in the background, remember the pid
     local name=$1 logf=$2
     shift 2
-    "$@" >"$logf" 2>&1 &
+    on_server_cpu "$@" >"$logf" 2>&1 &
     PIDS+=($!)
     PID[$name]=$!
 }
@@ -222,8 +257,22 @@ nginx_proxy_servers() {
 EOF
 }
 
+# The floor for OFREP: the same answer cutover gives, with no evaluation at all.
+nginx_ofrep_servers() {
+    cat <<EOF
+    server {
+        listen 127.0.0.1:${PORT[nginx]};
+        default_type application/json;
+        location / { return 200 '{"key":"new-checkout","reason":"SPLIT","variant":"on","value":true,"metadata":{}}'; }
+    }
+EOF
+}
+
 start_nginx() {
-    start_nginx_with nginx nginx_proxy_servers
+    case $MODE in
+        route) start_nginx_with nginx nginx_proxy_servers ;;
+        ofrep) start_nginx_with nginx nginx_ofrep_servers ;;
+    esac
     wait_ready nginx "$(target_url nginx)"
 }
 
@@ -264,6 +313,26 @@ EOF
 }
 
 write_cutover_config() { # name file
+    if [[ $MODE == ofrep ]]; then
+        cat >"$2" <<EOF
+listen: 127.0.0.1:${PORT[$1]}
+admin:
+  listen: 127.0.0.1:${ADMIN_PORT[$1]}
+flags_api:
+  listen: 127.0.0.1:${FLAGS_PORT[$1]}
+flags:
+  new-checkout:
+    variants: { "on": true, "off": false }
+    default: "off"
+    rules:
+      - when: { country: { in: [NL, BE] } }
+        serve: "on"
+      - when: { app_version: { semver_lt: "2.0.0" } }
+        serve: "off"
+    rollout: { "on": 25, "off": 75 }
+EOF
+        return
+    fi
     cat >"$2" <<EOF
 listen: 127.0.0.1:${PORT[$1]}
 admin:
@@ -301,6 +370,11 @@ start_target() {
 target_url() {
     case $MODE in
         route) echo "http://127.0.0.1:${PORT[$1]}/" ;;
+        ofrep)
+            case $1 in
+                nginx) echo "http://127.0.0.1:${PORT[$1]}/ofrep/v1/evaluate/flags/new-checkout" ;;
+                *) echo "http://127.0.0.1:${FLAGS_PORT[$1]}/ofrep/v1/evaluate/flags/new-checkout" ;;
+            esac ;;
     esac
 }
 
@@ -316,18 +390,42 @@ request = function()
 end
 EOF
             ;;
+        # Both rules are checked and miss (DE, no app_version), then the rollout hashes a new
+        # targetingKey: the whole evaluator runs on every request.
+        ofrep) cat >"$WORK/wrk.lua" <<'EOF'
+local n = 0
+wrk.method = "POST"
+wrk.headers["content-type"] = "application/json"
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, nil,
+    '{"context":{"targetingKey":"user-' .. n .. '","country":"DE"}}')
+end
+EOF
+            ;;
     esac
 }
 
-# Before loading, check with distinct users that a target really splits ~90/10.
-split_check() { # target -> percent of answers from "new"
-    local t=$1 cfg=$WORK/split-$1.curl i n
+# Before loading, check with distinct users that a target really splits: ~10% of users to
+# "new" (route), ~25% of targeting keys to "on" (ofrep; nginx's fixed answer is not checked).
+split_check() { # target -> percent of answers from "new" / "on"
+    local t=$1 cfg=$WORK/split-$1.curl i n pattern
     ((SPLIT_CHECK > 0)) || { echo "-"; return; }
+    if [[ $MODE == ofrep && $t == nginx ]]; then echo "-"; return; fi
     for ((i = 1; i <= SPLIT_CHECK; i++)); do
         ((i == 1)) || echo "next"
-        printf 'url = "%s"\nheader = "x-user-id: check-%d"\n' "$(target_url "$t")" "$i"
+        printf 'url = "%s"\n' "$(target_url "$t")"
+        case $MODE in
+            route) printf 'header = "x-user-id: check-%d"\n' "$i" ;;
+            ofrep) printf 'header = "content-type: application/json"\ndata = "{\\"context\\":{\\"targetingKey\\":\\"check-%d\\",\\"country\\":\\"DE\\"}}"\n' "$i" ;;
+        esac
     done >"$cfg"
-    n=$(curl -s --max-time 30 -K "$cfg" | grep -c '^new$' || true)
+    case $MODE in
+        route) pattern='^new$' ;;
+        ofrep) pattern='"variant":"on"' ;;
+    esac
+    # Occurrences, not lines: OFREP answers have no trailing newline.
+    n=$(curl -s --max-time 30 -K "$cfg" | grep -o "$pattern" | wc -l)
     awk -v n="$n" -v d="$SPLIT_CHECK" 'BEGIN { printf "%.1f", 100 * n / d }'
 }
 
@@ -336,7 +434,7 @@ split_check() { # target -> percent of answers from "new"
 run_wrk() { # target round
     local t=$1 out=$WORK/wrk-$1-$2.txt
     # In the background and waited for, so a SIGTERM to this script stops it at once.
-    timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
+    on_client_cpu timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         -s "$WORK/wrk.lua" "$(target_url "$t")" >"$out" 2>&1 &
     WRK_PID=$!
     wait "$WRK_PID" || die "wrk against $t failed: $(cat "$out")"
@@ -411,9 +509,16 @@ ratio_line() { # a b
 
 print_table() {
     local t
-    echo "cutover load comparison: mode=$MODE, wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds (interleaved), $(nproc) cores, $(date -u +%Y-%m-%dT%H:%MZ)"
-    echo "split 90/10 on x-user-id (a new id per request); medians over rounds; errors = non-2xx + socket errors, all rounds"
-    printf '%-10s %10s %9s %7s %6s %8s %8s\n' target "req/s" "p99 ms" errors "new %" "HWM MB" "RSS MB"
+    local pinned="not pinned"
+    ((PIN)) && pinned="server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
+    echo "cutover load comparison: mode=$MODE, wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds (interleaved), $(nproc) cores, $pinned, $(date -u +%Y-%m-%dT%H:%MZ)"
+    case $MODE in
+        route) echo "split 90/10 on x-user-id (a new id per request); medians over rounds; errors = non-2xx + socket errors, all rounds" ;;
+        ofrep) echo "single-flag OFREP POST, 2 rules missed + 25/75 rollout on a new targetingKey per request; nginx = return 200 with the same JSON (the floor); medians over rounds" ;;
+    esac
+    local share="new %"
+    [[ $MODE == ofrep ]] && share="on %"
+    printf '%-10s %10s %9s %7s %6s %8s %8s\n' target "req/s" "p99 ms" errors "$share" "HWM MB" "RSS MB"
     for t in $TARGETS; do
         printf '%-10s %10.0f %9.3f %7s %6s %8s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "${ERRS[$t]}" \
             "${SPLIT[$t]}" "${HWM[$t]}" "${RSS[$t]}"
@@ -439,12 +544,12 @@ main() {
     chmod 755 "$WORK" # nginx workers run as nobody
     write_wrk_script
 
-    start_backend
+    if [[ $MODE == route ]]; then start_backend; fi
     local t r
     for t in $TARGETS; do
         start_target "$t"
         SPLIT[$t]=$(split_check "$t")
-        log "  $t: ${SPLIT[$t]}% of $SPLIT_CHECK distinct users went to new"
+        log "  $t: ${SPLIT[$t]}% of $SPLIT_CHECK distinct users got new/on"
     done
 
     # Interleaved, so drift (thermal, neighbours, page cache) hits every target alike.
