@@ -153,17 +153,20 @@ async fn errors_are_ofrep_errors() {
         (Some("nope"), Some("FLAG_NOT_FOUND"))
     );
     assert!(value["errorDetails"].is_string());
-    let (status, _, value) = ofrep(
-        &cutover,
-        "/ofrep/v1/evaluate/flags/banner-text",
+    for body in [
         "{not json",
-        &[],
-    )
-    .await;
-    assert_eq!(
-        (status, value["errorCode"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("PARSE_ERROR"))
-    );
+        r#"[{"context": {}}]"#,
+        "5",
+        r#"{"context": {}} x"#,
+    ] {
+        let (status, _, value) =
+            ofrep(&cutover, "/ofrep/v1/evaluate/flags/banner-text", body, &[]).await;
+        assert_eq!(
+            (status, value["errorCode"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("PARSE_ERROR")),
+            "{body}"
+        );
+    }
     let (status, _, value) = ofrep(
         &cutover,
         "/ofrep/v1/evaluate/flags/banner-text",

@@ -52,6 +52,8 @@ impl Reason {
 /// The answer for one flag, borrowed from it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Evaluation<'a> {
+    /// Index into the flag's `variants`.
+    pub index: usize,
     pub variant: &'a str,
     pub value: &'a Value,
     pub reason: Reason,
@@ -114,6 +116,7 @@ pub fn evaluate<'a>(
 fn serve(flag: &Flag, index: usize, reason: Reason) -> Evaluation<'_> {
     let variant = &flag.variants[index];
     Evaluation {
+        index,
         variant: &variant.name,
         value: &variant.value,
         reason,

@@ -22,6 +22,7 @@ use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -186,20 +187,20 @@ impl FlagsApi {
             }
             return response;
         }
-        let flags: Vec<Value> = (0..snapshot.config.flags.len())
+        let flags: Vec<Evaluated<'_>> = (0..snapshot.config.flags.len())
             .map(|index| evaluation(&snapshot, index, context))
             .collect();
         let mut response = json_response(
             StatusCode::OK,
-            &json!({
-                "flags": flags,
-                "metadata": {},
-                "eventStreams": [{
+            &BulkEvaluation {
+                flags,
+                metadata: Empty {},
+                event_streams: [json!({
                     "type": "sse",
                     "endpoint": {"requestUri": "/flags/events"},
                     "inactivityDelaySec": 120,
-                }],
-            }),
+                })],
+            },
         );
         if let Ok(value) = HeaderValue::from_str(&etag) {
             response.headers_mut().insert(ETAG, value);
@@ -208,20 +209,44 @@ impl FlagsApi {
     }
 }
 
+/// OFREP's evaluation success body, serialized straight from the snapshot.
+#[derive(Serialize)]
+struct Evaluated<'a> {
+    key: &'a str,
+    reason: &'static str,
+    variant: &'a str,
+    value: &'a Value,
+    metadata: Empty,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct BulkEvaluation<'a> {
+    flags: Vec<Evaluated<'a>>,
+    metadata: Empty,
+    event_streams: [Value; 1],
+}
+
 /// Evaluates flag `index` of the snapshot and counts the answer.
-fn evaluation(snapshot: &Snapshot, index: usize, context: &(impl Context + ?Sized)) -> Value {
+fn evaluation<'a>(
+    snapshot: &'a Snapshot,
+    index: usize,
+    context: &(impl Context + ?Sized),
+) -> Evaluated<'a> {
     let (key, flag) = &snapshot.config.flags[index];
     let killed = snapshot.overrides.flags.contains_key(key);
     let result = evaluate(flag, key, context, killed);
-    let variant = flag.variants.iter().position(|v| v.name == result.variant);
-    snapshot.flag_telemetry[index].record(variant.unwrap_or(usize::MAX), result.reason);
-    json!({
-        "key": key,
-        "reason": result.reason.as_str(),
-        "variant": result.variant,
-        "value": result.value,
-        "metadata": {},
-    })
+    snapshot.flag_telemetry[index].record(result.index, result.reason);
+    Evaluated {
+        key,
+        reason: result.reason.as_str(),
+        variant: result.variant,
+        value: result.value,
+        metadata: Empty {},
+    }
 }
 
 /// The OFREP request body: empty, `{}`, or `{"context": {...}}`.
@@ -229,15 +254,21 @@ fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, Strin
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
-    let Value::Object(mut object) = value else {
+    /// Other members are ignored, as the spec allows.
+    #[derive(serde::Deserialize)]
+    struct EvaluationRequest {
+        context: Option<Value>,
+    }
+    // Derived structs also accept a JSON array; the spec wants an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err((
             "PARSE_ERROR",
             "request body must be a JSON object".to_owned(),
         ));
-    };
-    match object.remove("context") {
+    }
+    let request: EvaluationRequest = serde_json::from_slice(body)
+        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
+    match request.context {
         None | Some(Value::Null) => Ok(Map::new()),
         Some(Value::Object(context)) => match context.get("targetingKey") {
             None | Some(Value::String(_)) => Ok(context),
@@ -287,8 +318,10 @@ fn error(status: StatusCode, body: Value) -> FlagsResponse {
     json_response(status, &body)
 }
 
-fn json_response(status: StatusCode, value: &Value) -> FlagsResponse {
-    let mut response = Response::new(Full::new(Bytes::from(value.to_string())).boxed());
+fn json_response(status: StatusCode, value: &impl Serialize) -> FlagsResponse {
+    // Serializing plain data with string keys cannot fail.
+    let body = serde_json::to_vec(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)).boxed());
     *response.status_mut() = status;
     response
         .headers_mut()
