@@ -350,34 +350,37 @@ test('sparklines fill from the samples the page keeps', { timeout: 20000 }, asyn
 
 test('names and reasons from outside are text, never markup', { timeout: 30000 }, async () => {
   const { page } = env;
-  // A kill reason with markup, set through the API.
-  const res = await admin('POST', '/api/routes/everything-else/kill',
-    JSON.stringify({ reason: '<img src=x onerror=alert(2)>' }));
-  assert.equal(res.status, 200, res.body);
-  await page.waitForFunction(() => document.querySelector('[data-route="everything-else"] .kill-line')
-    .textContent.includes('<img src=x onerror=alert(2)>'));
-  // A reload error that quotes a route name with markup.
-  fs.writeFileSync(env.configPath, env.goodConfig.replace('  - name: everything-else',
-    `  - name: "${XSS}"\n    match: { path_prefix: /x }\n    split: { legacy: 100 }\n  - name: everything-else`));
-  const rejected = await admin('POST', '/api/reload');
-  assert.equal(rejected.status, 422, rejected.body);
-  await page.waitForSelector('#reload-banner:not([hidden])');
-  const bannerText = await page.textContent('#reload-errors');
-  assert.ok(bannerText.includes(XSS), bannerText);
-  // The orphan kill from the state file.
-  const orphans = await page.textContent('#orphan-list');
-  assert.ok(orphans.includes(XSS), orphans);
+  try {
+    // A kill reason with markup, set through the API.
+    const res = await admin('POST', '/api/routes/everything-else/kill',
+      JSON.stringify({ reason: '<img src=x onerror=alert(2)>' }));
+    assert.equal(res.status, 200, res.body);
+    await page.waitForFunction(() => document
+      .querySelector('[data-route="everything-else"] .kill-line')
+      .textContent.includes('<img src=x onerror=alert(2)>'));
+    // A reload error that quotes a route name with markup.
+    fs.writeFileSync(env.configPath, env.goodConfig.replace('  - name: everything-else',
+      `  - name: "${XSS}"\n    match: { path_prefix: /x }\n    split: { legacy: 100 }\n  - name: everything-else`));
+    const rejected = await admin('POST', '/api/reload');
+    assert.equal(rejected.status, 422, rejected.body);
+    await page.waitForSelector('#reload-banner:not([hidden])');
+    const bannerText = await page.textContent('#reload-errors');
+    assert.ok(bannerText.includes(XSS), bannerText);
+    // The orphan kill from the state file.
+    const orphans = await page.textContent('#orphan-list');
+    assert.ok(orphans.includes(XSS), orphans);
 
-  const imgs = await page.$$eval('img', (nodes) => nodes.length);
-  assert.equal(imgs, 0, 'no <img> may come from data');
-  assert.deepEqual(env.dialogs, []);
-  await page.screenshot({ path: path.join(SCREENSHOT_DIR, 'status-page-incident.png'), fullPage: true });
-
-  fs.writeFileSync(env.configPath, env.goodConfig);
-  const restored = await admin('POST', '/api/reload');
-  assert.equal(restored.status, 200, restored.body);
+    const imgs = await page.$$eval('img', (nodes) => nodes.length);
+    assert.equal(imgs, 0, 'no <img> may come from data');
+    assert.deepEqual(env.dialogs, []);
+    await page.screenshot({ path: path.join(SCREENSHOT_DIR, 'status-page-incident.png'), fullPage: true });
+  } finally {
+    // Leave the good config and a live catch-all for the tests after this one.
+    fs.writeFileSync(env.configPath, env.goodConfig);
+    assert.equal((await admin('POST', '/api/reload')).status, 200);
+    assert.equal((await admin('POST', '/api/routes/everything-else/resume')).status, 200);
+  }
   await page.waitForSelector('#reload-banner', { state: 'hidden' });
-  assert.equal((await admin('POST', '/api/routes/everything-else/resume')).status, 200);
   await page.waitForFunction(() => !document.querySelector('[data-route="everything-else"]')
     .classList.contains('killed'));
 });
@@ -537,4 +540,13 @@ test('no dialog, script error or CSP violation happened', () => {
   assert.deepEqual(env.consoleErrors, []);
   console.log('# screenshots: ' + ['status-page.png', 'status-page-incident.png', 'status-page-phone.png']
     .map((f) => path.join(SCREENSHOT_DIR, f)).join(' '));
+});
+
+test('when cutover stops answering, the page says its numbers are stale', { timeout: 20000 }, async () => {
+  const exited = new Promise((resolve) => env.cutover.once('exit', resolve));
+  env.cutover.kill('SIGTERM');
+  await exited;
+  await env.page.waitForSelector('#conn-banner:not([hidden])', { timeout: 10000 });
+  assert.match(await env.page.textContent('#conn-banner'), /No answer from cutover since/);
+  assert.ok(await env.page.evaluate(() => document.body.classList.contains('stale')));
 });
