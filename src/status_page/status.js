@@ -329,27 +329,50 @@
     });
   }
 
+  // ---- cards with a kill switch (routes and flags) -------------------------------------------
+
+  // The card, its heading, state badge, kill and resume buttons and the line saying why it is
+  // killed. `kind` is the API's path segment: `routes` or `flags`.
+  function newSwitchCard(kind, name) {
+    const card = el('article', 'card ' + (kind === 'routes' ? 'route' : 'flag'));
+    card.dataset[kind === 'routes' ? 'route' : 'flag'] = name;
+    const head = el('div', 'card-head');
+    const badge = el('span', 'badge');
+    const button = (verb, label, cls) => {
+      const b = el('button', cls, label);
+      b.type = 'button';
+      b.dataset.action = verb;
+      b.addEventListener('click', () => act(switchAction(kind, name, verb)));
+      return b;
+    };
+    const kill = button('kill', 'Kill', 'danger');
+    const resume = button('resume', 'Resume', 'primary');
+    head.append(el('h3', 'name', name), badge, el('span', 'spacer'), kill, resume);
+    const killed = el('p', 'kill-line');
+    card.append(head, killed);
+    return { card, badge, kill, resume, killed };
+  }
+
+  function updateSwitch(view, killed, kill, consequence) {
+    view.card.classList.toggle('killed', killed);
+    setText(view.badge, killed ? 'KILLED' : 'live');
+    view.badge.className = 'badge ' + (killed ? 'bad' : 'good');
+    show(view.kill, !killed);
+    show(view.resume, killed);
+    // `kill: true` in the YAML is undone in the YAML; the API would answer 409.
+    const inConfig = Boolean(kill && kill.by === 'yaml');
+    view.resume.disabled = inConfig;
+    view.resume.title = inConfig ? 'Killed by kill: true in the config file: edit the file to resume' : '';
+    setText(view.killed, killed ? killLine(kill) + ' — ' + consequence : '');
+    show(view.killed, killed);
+  }
+
   // ---- routes ------------------------------------------------------------------------------
 
   const routeCards = new Map();
 
   function newRouteCard(name) {
-    const card = el('article', 'card route');
-    card.dataset.route = name;
-    const head = el('div', 'card-head');
-    const title = el('h3', 'name', name);
-    const badge = el('span', 'badge');
-    const kill = el('button', 'danger', 'Kill');
-    kill.type = 'button';
-    kill.dataset.action = 'kill';
-    kill.addEventListener('click', () => act(switchAction('routes', name, 'kill')));
-    const resume = el('button', 'primary', 'Resume');
-    resume.type = 'button';
-    resume.dataset.action = 'resume';
-    resume.addEventListener('click', () => act(switchAction('routes', name, 'resume')));
-    head.append(title, badge, el('span', 'spacer'), kill, resume);
-
-    const killed = el('p', 'kill-line');
+    const view = newSwitchCard('routes', name);
     const bars = el('div', 'bars');
     const effRow = el('div', 'bar-row');
     const effLabel = el('span', 'bar-label', 'in effect');
@@ -365,7 +388,7 @@
     const header = el('div', 'brow bhead');
     header.setAttribute('role', 'row');
     for (const [label, cls] of [['backend', 'bname'], ['split', 'split num'], ['req/s', 'rps num'],
-      ['errors', 'err num'], ['p99', 'p99 num'], ['last 5 min', 'trend']]) {
+      ['errors', 'err num'], ['p99', 'p99 num'], ['recent req/s', 'trend']]) {
       const cell = el('span', cls, label);
       cell.setAttribute('role', 'columnheader');
       header.appendChild(cell);
@@ -373,11 +396,10 @@
     const rows = el('div', 'brows');
     table.append(header, rows);
     const guard = el('p', 'guard');
-    card.append(head, killed, bars, table, guard);
-    return {
-      card, badge, kill, resume, killed, effLabel, effBar, cfgRow, cfgBar, rows, guard,
-      shape: '', rowsByName: new Map(), bars: '',
-    };
+    view.card.append(bars, table, guard);
+    return Object.assign(view, {
+      effLabel, effBar, cfgRow, cfgBar, rows, guard, shape: '', rowsByName: new Map(), barsKey: '',
+    });
   }
 
   function newBackendRow() {
@@ -412,24 +434,12 @@
   }
 
   function updateRoute(view, route, now) {
-    const killed = route.killed;
-    view.card.classList.toggle('killed', killed);
-    setText(view.badge, killed ? 'KILLED' : 'live');
-    view.badge.className = 'badge ' + (killed ? 'bad' : 'good');
-    show(view.kill, !killed);
-    show(view.resume, killed);
-    const inConfig = Boolean(route.kill && route.kill.by === 'yaml');
-    view.resume.disabled = inConfig;
-    view.resume.title = inConfig ? 'Killed by kill: true in the config file: edit the file to resume' : '';
-    setText(view.killed, killLine(route.kill) +
-      (killed ? ' — all traffic goes to ' + route.stable + '.' : ''));
-    show(view.killed, killed);
+    updateSwitch(view, route.killed, route.kill, 'all traffic goes to ' + route.stable + '.');
 
     const differs = route.backends.some((b) => b.configured !== b.effective);
-    const bars = JSON.stringify(route.backends.map((b) => [b.name, b.configured, b.effective])) +
-      route.stable;
-    if (bars !== view.bars) {
-      view.bars = bars;
+    const barsKey = JSON.stringify([route.stable, route.backends.map((b) => [b.name, b.configured, b.effective])]);
+    if (barsKey !== view.barsKey) {
+      view.barsKey = barsKey;
       fillBar(view.effBar, route, 'effective');
       fillBar(view.cfgBar, route, 'configured');
     }
@@ -498,20 +508,7 @@
   const flagCards = new Map();
 
   function newFlagCard(key) {
-    const card = el('article', 'card flag');
-    card.dataset.flag = key;
-    const head = el('div', 'card-head');
-    const badge = el('span', 'badge');
-    const kill = el('button', 'danger', 'Kill');
-    kill.type = 'button';
-    kill.dataset.action = 'kill';
-    kill.addEventListener('click', () => act(switchAction('flags', key, 'kill')));
-    const resume = el('button', 'primary', 'Resume');
-    resume.type = 'button';
-    resume.dataset.action = 'resume';
-    resume.addEventListener('click', () => act(switchAction('flags', key, 'resume')));
-    head.append(el('h3', 'name', key), badge, el('span', 'spacer'), kill, resume);
-    const killed = el('p', 'kill-line');
+    const view = newSwitchCard('flags', key);
     const barRow = el('div', 'bar-row');
     const bar = el('div', 'bar');
     barRow.append(el('span', 'bar-label', 'rollout'), bar);
@@ -519,23 +516,12 @@
     const table = el('div', 'variants');
     table.setAttribute('role', 'table');
     const meta = el('p', 'guard');
-    card.append(head, killed, barRow, noRollout, table, meta);
-    return { card, badge, kill, resume, killed, barRow, bar, noRollout, table, meta, shape: '' };
+    view.card.append(barRow, noRollout, table, meta);
+    return Object.assign(view, { barRow, bar, noRollout, table, meta, shape: '' });
   }
 
   function updateFlag(view, flag) {
-    view.card.classList.toggle('killed', flag.killed);
-    setText(view.badge, flag.killed ? 'KILLED' : 'live');
-    view.badge.className = 'badge ' + (flag.killed ? 'bad' : 'good');
-    show(view.kill, !flag.killed);
-    show(view.resume, flag.killed);
-    const inConfig = Boolean(flag.kill && flag.kill.by === 'yaml');
-    view.resume.disabled = inConfig;
-    view.resume.title = inConfig ? 'Killed by kill: true in the config file: edit the file to resume' : '';
-    setText(view.killed, flag.killed
-      ? killLine(flag.kill) + ' — everyone gets “' + flag.default + '”.'
-      : '');
-    show(view.killed, flag.killed);
+    updateSwitch(view, flag.killed, flag.kill, 'everyone gets “' + flag.default + '”.');
     show(view.barRow, flag.rollout);
     show(view.noRollout, !flag.rollout);
 

@@ -507,6 +507,7 @@ test('reload reports its outcome', { timeout: 30000 }, async () => {
 test('a phone-sized viewport has no horizontal overflow', { timeout: 30000 }, async () => {
   const phone = await env.browser.newContext({
     viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,
+    colorScheme: 'dark', // the 3 a.m. look
   });
   phone.setDefaultTimeout(8000);
   const page = await phone.newPage();
@@ -515,6 +516,9 @@ test('a phone-sized viewport has no horizontal overflow', { timeout: 30000 }, as
     await page.goto('http://' + env.admin + '/');
     await page.waitForSelector(cell('checkout', 'new', 'rps'));
     await page.waitForSelector('[data-flag="new-checkout"]');
+    // Two samples draw a sparkline: lay out the page as it will look, then measure.
+    await page.waitForFunction((sel) => (document.querySelector(sel).getAttribute('points') || '')
+      .trim().split(/\s+/).length >= 2, `${route('checkout')} [data-backend="new"] .spark-line`);
     const overflow = await page.evaluate(() => {
       const width = document.documentElement.clientWidth;
       const wide = [];
