@@ -2,6 +2,7 @@
 //!
 //! | method path                          | does                                              |
 //! |--------------------------------------|---------------------------------------------------|
+//! | GET `/`, `/status.js`, `/status.css` | the live status page ([`crate::status_page`])     |
 //! | GET `/healthz`                       | 200 while the process serves                      |
 //! | GET `/readyz`                        | 200 once config is loaded and listeners bound; 503 while shutting down |
 //! | GET `/metrics`                       | Prometheus text                                   |
@@ -33,6 +34,7 @@ use crate::bearer::{self, Bearer};
 use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
 use crate::overrides::{Kill, KillSource};
 use crate::status::Status;
+use crate::status_page;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -82,6 +84,9 @@ impl Admin {
                 None => error(StatusCode::NOT_FOUND, "not found"),
             };
         }
+        if let Some(asset) = status_page::find(&path) {
+            return status_page::respond(asset);
+        }
         match path.as_str() {
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
             "/readyz" if self.ready.load(Ordering::Acquire) => text(
@@ -121,6 +126,7 @@ impl Admin {
         match path {
             "/healthz" | "/readyz" | "/metrics" | "/api/status" => Some("GET, HEAD"),
             "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
+            _ if status_page::find(path).is_some() => Some("GET, HEAD"),
             _ if switch_action(path).is_some() => Some("POST"),
             _ => None,
         }

@@ -48,6 +48,7 @@ pub async fn run(ports: DemoPorts) -> anyhow::Result<()> {
          for i in $(seq 100); do curl -s localhost:{proxy}/api/checkout; done | sort | uniq -c   # about 75 legacy, 25 new\n  \
          curl -s localhost:{proxy}/anything/else                        # 100% legacy\n  \
          curl -s localhost:{admin}/metrics | grep cutover_requests_total\n\n\
+         status page: http://127.0.0.1:{admin}/ (actions ask for the token below)\n\n\
          roll back and forward, from another shell:\n  \
          export CUTOVER_ADMIN_TOKEN={token}\n  \
          cutover kill checkout --admin http://127.0.0.1:{admin}      # checkout: 100% legacy, now\n  \

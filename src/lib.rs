@@ -29,5 +29,6 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod status;
+pub mod status_page;
 pub mod telemetry;
 pub mod window;
