@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# The Rust toolchain comes with the machine; the Python tests install their packages into a
-# virtualenv (.venv-test) from tests/python/requirements.txt.
+# The Rust toolchain comes with the machine. The rest is installed here: Python packages into a
+# virtualenv (.venv-test) from tests/python/requirements.txt and deploy/requirements.txt,
+# Debian's chromium with apt-get and playwright-core with npm (tests/browser/run.sh).
 command -v cargo >/dev/null || { echo "test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "test.sh: python3 is required" >&2; exit 1; }
 
@@ -12,8 +13,10 @@ command -v python3 >/dev/null || { echo "test.sh: python3 is required" >&2; exit
 # each benchmark in test mode so benches cannot rot.
 log=$(mktemp)
 pylog=$(mktemp)
-trap 'rm -f "$log" "$pylog"' EXIT
-cargo test --all-targets 2>&1 | tee "$log"
+otherlog=$(mktemp)
+trap 'rm -f "$log" "$pylog" "$otherlog"' EXIT
+status=0
+cargo test --all-targets 2>&1 | tee "$log" || status=1
 
 # The flags API through the real OpenFeature Python SDK and OFREP provider, against the debug
 # binary. A failure here is counted and reported in the summary, then fails the script.
@@ -21,27 +24,38 @@ cargo test --all-targets 2>&1 | tee "$log"
 .venv-test/bin/python -m pip install --quiet --disable-pip-version-check \
     -r tests/python/requirements.txt
 cargo build
-py_status=0
 PYTHONDONTWRITEBYTECODE=1 CUTOVER_BIN="$PWD/target/debug/cutover" \
     .venv-test/bin/python -m pytest -q -p no:cacheprovider tests/python 2>&1 | tee "$pylog" ||
-    py_status=$?
+    status=1
 
-# One closing line over every test binary and the Python tests. pytest's closing line reads
-# like "1 failed, 9 passed, 1 error in 0.37s"; errors count as failures, and so does a pytest
-# run that failed without counting a failure (no tests collected, a crash).
-awk -v py_status="$py_status" '
+# The status page in headless Chromium (Debian's chromium, driven by playwright-core from npm),
+# then deploy/ through its linters (hadolint, kubernetes-validate, systemd-analyze) and
+# `cutover check`. Each ends with one "NAME: N passed, M failed" line.
+CUTOVER_BIN="$PWD/target/debug/cutover" bash tests/browser/run.sh 2>&1 | tee "$otherlog" ||
+    status=1
+VENV=.venv-test CUTOVER_BIN="$PWD/target/debug/cutover" bash deploy/validate.sh 2>&1 |
+    tee -a "$otherlog" || status=1
+
+# One closing line over every test binary, the Python tests, the browser and deploy checks.
+# pytest's closing line reads like "1 failed, 9 passed, 1 error in 0.37s"; errors count as
+# failures, and so does any suite that failed without counting a failure (a crash).
+awk -v status="$status" '
      FILENAME == ARGV[1] { if (/^test result:/) { passed += $4; failed += $6 }; next }
-     /^(=+ )?[0-9]+ [a-z]+(, [0-9]+ [a-z]+)* in [0-9.]+s/ {
+     FILENAME == ARGV[2] && /^(=+ )?[0-9]+ [a-z]+(, [0-9]+ [a-z]+)* in [0-9.]+s/ {
          line = $0; gsub(/=/, "", line); sub(/ in [0-9.]+s.*$/, "", line); sub(/^ +/, "", line)
          n = split(line, parts, ", ")
          for (i = 1; i <= n; i++) {
              split(parts[i], kv, " ")
-             if (kv[2] == "passed") pypassed += kv[1]
-             else if (kv[2] == "failed" || kv[2] == "error" || kv[2] == "errors") pyfailed += kv[1]
+             if (kv[2] == "passed") passed += kv[1]
+             else if (kv[2] == "failed" || kv[2] == "error" || kv[2] == "errors") failed += kv[1]
          }
+         next
+     }
+     FILENAME == ARGV[3] && /^(browser|deploy): [0-9]+ passed, [0-9]+ failed$/ {
+         passed += $2; failed += $4
      }
      END {
-         if (py_status != 0 && pyfailed == 0) pyfailed = 1
-         printf "tests: %d passed, %d failed\n", passed + pypassed, failed + pyfailed
-     }' "$log" "$pylog"
-exit "$py_status"
+         if (status != 0 && failed == 0) failed = 1
+         printf "tests: %d passed, %d failed\n", passed, failed
+     }' "$log" "$pylog" "$otherlog"
+exit "$status"

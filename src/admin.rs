@@ -16,6 +16,7 @@
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -25,6 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -204,7 +206,7 @@ impl Admin {
                 )
             }
         };
-        let names: Option<Vec<&str>> = target.map(|name| vec![name]);
+        let names: Option<Vec<&str>> = target.as_deref().map(|name| vec![name]);
         let control = &self.control;
         let outcome = if action == "kill" {
             let reason = request
@@ -237,7 +239,8 @@ impl Admin {
 }
 
 /// `/api/routes/{name}/kill` → `(Route, name, "kill")`; likewise `/api/flags/{key}/…`.
-fn switch_action(path: &str) -> Option<(Switch, &str, &'static str)> {
+/// The name is percent-decoded: names may hold any printable character, `/` included.
+fn switch_action(path: &str) -> Option<(Switch, Cow<'_, str>, &'static str)> {
     let (switch, rest) = if let Some(rest) = path.strip_prefix("/api/routes/") {
         (Switch::Route, rest)
     } else {
@@ -249,7 +252,11 @@ fn switch_action(path: &str) -> Option<(Switch, &str, &'static str)> {
         "resume" => "resume",
         _ => return None,
     };
-    (!name.is_empty() && !name.contains('/')).then_some((switch, name, action))
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    let name = percent_decode_str(name).decode_utf8().ok()?;
+    Some((switch, name, action))
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> AdminResponse {

@@ -92,7 +92,7 @@ impl AdminClient {
         reason: Option<String>,
     ) -> anyhow::Result<String> {
         let path = match route {
-            Some(name) => format!("/api/routes/{name}/kill"),
+            Some(name) => format!("/api/routes/{}/kill", path_segment(name)),
             None => "/api/kill".to_owned(),
         };
         let mut body = json!({ "source": "cli" });
@@ -112,7 +112,9 @@ impl AdminClient {
         if let Some(reason) = reason {
             body["reason"] = json!(reason);
         }
-        let value = self.post(&format!("/api/flags/{flag}/kill"), body).await?;
+        let value = self
+            .post(&format!("/api/flags/{}/kill", path_segment(flag)), body)
+            .await?;
         Ok(describe(
             &value,
             "killed: everyone gets the default variant",
@@ -123,7 +125,7 @@ impl AdminClient {
     pub async fn resume_flag(&self, flag: &str) -> anyhow::Result<String> {
         let value = self
             .post(
-                &format!("/api/flags/{flag}/resume"),
+                &format!("/api/flags/{}/resume", path_segment(flag)),
                 json!({ "source": "cli" }),
             )
             .await?;
@@ -136,7 +138,7 @@ impl AdminClient {
 
     pub async fn resume(&self, route: Option<&str>) -> anyhow::Result<String> {
         let path = match route {
-            Some(name) => format!("/api/routes/{name}/resume"),
+            Some(name) => format!("/api/routes/{}/resume", path_segment(name)),
             None => "/api/resume".to_owned(),
         };
         let value = self.post(&path, json!({ "source": "cli" })).await?;
@@ -189,4 +191,9 @@ pub async fn status(client: &AdminClient, watch: bool) -> anyhow::Result<()> {
         print!("\x1b[2J\x1b[H{screen}");
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// A route or flag name as one URL path segment.
+fn path_segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

@@ -409,3 +409,81 @@ async fn the_cli_kills_resumes_and_shows_status() {
         "{stderr}"
     );
 }
+
+/// Names are any printable text: markup and slashes go through the CLI, the admin API (percent
+/// encoded) and OFREP, and come back unchanged in the status JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_with_markup_and_slashes_work_through_cli_api_and_ofrep() {
+    let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
+    let route = "<img src=x onerror=alert(1)>";
+    let flag = "checkout/new <b>";
+    let yaml = format!(
+        "listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nflags_api:\n  listen: 127.0.0.1:0\n\
+         backends:\n  legacy: {{url: '{}'}}\n  new: {{url: '{}'}}\n\
+         routes:\n  - name: '{route}'\n    match: {{path_prefix: /}}\n    split: {{legacy: 0, new: 100}}\n    stable: legacy\n\
+         flags:\n  '{flag}':\n    variants: {{ a: 1, b: 2 }}\n    default: a\n",
+        legacy.url(),
+        new.url()
+    );
+    let cutover = Cutover::start_with_env(&yaml, ENV);
+    let output = std::process::Command::new(BIN)
+        .args([
+            "kill",
+            route,
+            "--admin",
+            &format!("http://{}", cutover.admin),
+        ])
+        .env("CUTOVER_ADMIN_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let (_, _, body) = get(cutover.proxy, "/", &[]).await;
+    assert_eq!(body, "legacy\n", "the kill by that name took effect");
+    let status = status_json(&cutover).await;
+    assert_eq!(
+        (
+            status["routes"][0]["name"].as_str(),
+            status["routes"][0]["killed"].as_bool()
+        ),
+        (Some(route), Some(true))
+    );
+
+    let encoded = "checkout%2Fnew%20%3Cb%3E";
+    let (code, body) = post(
+        &cutover,
+        &format!("/api/flags/{encoded}/kill"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(status_json(&cutover).await["flags"][0]["killed"], true);
+    let (code, _, body) = send(
+        &common::client(),
+        cutover.flags.unwrap(),
+        "POST",
+        &format!("/ofrep/v1/evaluate/flags/{encoded}"),
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    let value: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (value["key"].as_str(), value["reason"].as_str()),
+        (Some(flag), Some("DISABLED"))
+    );
+
+    // Control and bidirectional formatting characters are still refused.
+    std::fs::write(
+        cutover.config_path(),
+        yaml.replace(route, "pay\u{202E}ments"),
+    )
+    .unwrap();
+    let (code, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string().contains("without control characters"),
+        "{body}"
+    );
+}

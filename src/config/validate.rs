@@ -324,16 +324,19 @@ impl<'a> Validator<'a> {
     }
 
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
+        // Any printable text: names reach logs, labels, URLs and the status page, each of
+        // which escapes them, but a control character or edge space would be misread.
         let valid = !name.is_empty()
-            && name.len() <= 128
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            && name.chars().count() <= 128
+            && !name
+                .chars()
+                .any(|c| c.is_control() || is_invisible_format(c))
+            && name.trim() == name;
         if !valid {
             self.error(
                 path,
                 format!(
-                    "{kind} name {name:?} must be 1-128 characters of letters, digits, '-', '_' or '.'"
+                    "{kind} name {name:?} must be 1-128 characters, without control characters or leading or trailing spaces"
                 ),
             );
         }
@@ -745,4 +748,9 @@ pub fn format_percent(basis_points: u32) -> String {
         frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
         frac => format!("{whole}.{frac:02}"),
     }
+}
+
+/// Zero-width and bidirectional formatting characters: they make a name read as another.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
 }

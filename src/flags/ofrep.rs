@@ -11,6 +11,7 @@
 //!
 //! Handlers stay thin: parse the context, load the snapshot once, call [`evaluate`].
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -62,6 +63,7 @@ impl FlagsApi {
             return self.events(last_seen);
         }
         if let Some(key) = path.strip_prefix("/flags/").filter(|k| !k.is_empty()) {
+            let key = decode_key(key);
             if req.method() != Method::GET {
                 return error(
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -73,7 +75,7 @@ impl FlagsApi {
                 .query()
                 .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default();
-            return self.single(key, &query);
+            return self.single(&key, &query);
         }
         let bulk = path == "/ofrep/v1/evaluate/flags";
         let single = path
@@ -89,7 +91,7 @@ impl FlagsApi {
             );
         }
         let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
-        let key = single.map(str::to_owned);
+        let key = single.map(|key| decode_key(key).into_owned());
         let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
@@ -247,6 +249,11 @@ fn evaluation<'a>(
         value: result.value,
         metadata: Empty {},
     }
+}
+
+/// Flag keys may hold any printable character, so the path segment is percent-decoded.
+fn decode_key(segment: &str) -> Cow<'_, str> {
+    percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
 }
 
 /// The OFREP request body: empty, `{}`, or `{"context": {...}}`.

@@ -18,7 +18,9 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..');
 const BIN = path.resolve(ROOT, process.env.CUTOVER_BIN || 'target/debug/cutover');
 const TOKEN = 'page-test-' + Math.random().toString(36).slice(2);
+// Names are any printable text, so a route may be called this; it must render as text.
 const XSS = '<img src=x onerror=alert(1)>';
+const ORPHAN = '<img src=x onerror=alert(4)>';
 const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR || HERE;
 
 const CHROMIUM_ARGS = [
@@ -232,12 +234,13 @@ before(async () => {
   const [legacy, fresh] = await Promise.all([backend('legacy'), backend('new')]);
   env.backends = [legacy, fresh];
   env.configPath = path.join(env.dir, 'cutover.yaml');
-  env.goodConfig = config(legacy.port, fresh.port);
+  env.goodConfig = config(legacy.port, fresh.port,
+    `  - name: "${XSS}"\n    match: { path_prefix: /x }\n    split: { legacy: 100 }\n`);
   fs.writeFileSync(env.configPath, env.goodConfig);
   // A runtime kill of a route that is not in the config: its name and reason reach the page
-  // as they are. Route names in YAML cannot hold markup, but a state file is just JSON.
+  // as they are.
   fs.writeFileSync(path.join(env.dir, 'cutover-state.json'), JSON.stringify({
-    routes: { [XSS]: { by: 'api', at: '2026-01-01T00:00:00Z', reason: '<b>old</b>' } },
+    routes: { [ORPHAN]: { by: 'api', at: '2026-01-01T00:00:00Z', reason: '<b>old</b>' } },
     flags: {},
   }));
   const addrs = await startCutover(env.configPath);
@@ -351,24 +354,27 @@ test('sparklines fill from the samples the page keeps', { timeout: 20000 }, asyn
 test('names and reasons from outside are text, never markup', { timeout: 30000 }, async () => {
   const { page } = env;
   try {
-    // A kill reason with markup, set through the API.
-    const res = await admin('POST', '/api/routes/everything-else/kill',
+    // A route named with markup, killed by that name (percent-encoded in the path) with a
+    // reason that is markup too.
+    assert.ok((await page.textContent(route(XSS))).includes(XSS));
+    const res = await admin('POST', '/api/routes/' + encodeURIComponent(XSS) + '/kill',
       JSON.stringify({ reason: '<img src=x onerror=alert(2)>' }));
     assert.equal(res.status, 200, res.body);
-    await page.waitForFunction(() => document
-      .querySelector('[data-route="everything-else"] .kill-line')
-      .textContent.includes('<img src=x onerror=alert(2)>'));
-    // A reload error that quotes a route name with markup.
+    await page.waitForFunction((sel) => document
+      .querySelector(sel + ' .kill-line')
+      .textContent.includes('<img src=x onerror=alert(2)>'), route(XSS));
+    // A reload error that quotes a backend name with markup.
+    const bad = '<img src=x onerror=alert(3)>';
     fs.writeFileSync(env.configPath, env.goodConfig.replace('  - name: everything-else',
-      `  - name: "${XSS}"\n    match: { path_prefix: /x }\n    split: { legacy: 100 }\n  - name: everything-else`));
+      `  - name: broken\n    match: { path_prefix: /y }\n    split: { "${bad}": 100 }\n  - name: everything-else`));
     const rejected = await admin('POST', '/api/reload');
     assert.equal(rejected.status, 422, rejected.body);
     await page.waitForSelector('#reload-banner:not([hidden])');
     const bannerText = await page.textContent('#reload-errors');
-    assert.ok(bannerText.includes(XSS), bannerText);
+    assert.ok(bannerText.includes(bad), bannerText);
     // The orphan kill from the state file.
     const orphans = await page.textContent('#orphan-list');
-    assert.ok(orphans.includes(XSS), orphans);
+    assert.ok(orphans.includes(ORPHAN), orphans);
 
     const imgs = await page.$$eval('img', (nodes) => nodes.length);
     assert.equal(imgs, 0, 'no <img> may come from data');
@@ -378,11 +384,12 @@ test('names and reasons from outside are text, never markup', { timeout: 30000 }
     // Leave the good config and a live catch-all for the tests after this one.
     fs.writeFileSync(env.configPath, env.goodConfig);
     assert.equal((await admin('POST', '/api/reload')).status, 200);
-    assert.equal((await admin('POST', '/api/routes/everything-else/resume')).status, 200);
+    const resumed = await admin('POST', '/api/routes/' + encodeURIComponent(XSS) + '/resume');
+    assert.equal(resumed.status, 200, resumed.body);
   }
   await page.waitForSelector('#reload-banner', { state: 'hidden' });
-  await page.waitForFunction(() => !document.querySelector('[data-route="everything-else"]')
-    .classList.contains('killed'));
+  await page.waitForFunction((sel) => !document.querySelector(sel).classList.contains('killed'),
+    route(XSS));
 });
 
 test('a wrong token is refused with the API message, then the right one kills the route', { timeout: 30000 }, async () => {
@@ -485,7 +492,9 @@ test('kill all asks first, then kills every route; resume all undoes it', { time
     const status = await apiStatus();
     assert.ok(status.routes.every((r) => r.killed && r.kill.reason === 'drill'));
   });
-  await page.waitForFunction(() => document.querySelectorAll('[data-route].killed').length === 2);
+  const routes = (await apiStatus()).routes.length;
+  await page.waitForFunction((n) => document.querySelectorAll('[data-route].killed').length === n,
+    routes);
   assert.deepEqual(await sample(20), { legacy: 20 });
 
   await page.click('#resume-all');
