@@ -431,8 +431,17 @@ split_check() { # target -> percent of answers from "new" / "on"
 
 # ---------------------------------------------------------------- load and parsing
 
+# CPU time (user + system, in clock ticks) of a process tree so far.
+cpu_ticks() { # pid
+    local p files=()
+    for p in $(tree_pids "$1"); do files+=("/proc/$p/stat"); done
+    # After the last ')' (the command name may hold spaces), utime and stime are fields 12, 13.
+    awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }' "${files[@]}" 2>/dev/null || echo 0
+}
+
 run_wrk() { # target round
-    local t=$1 out=$WORK/wrk-$1-$2.txt
+    local t=$1 out=$WORK/wrk-$1-$2.txt cpu_before
+    cpu_before=$(cpu_ticks "${PID[$t]}")
     # In the background and waited for, so a SIGTERM to this script stops it at once.
     on_client_cpu timeout $((DURATION + 30)) wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency \
         -s "$WORK/wrk.lua" "$(target_url "$t")" >"$out" 2>&1 &
@@ -440,16 +449,21 @@ run_wrk() { # target round
     wait "$WRK_PID" || die "wrk against $t failed: $(cat "$out")"
     WRK_PID=""
     kill -0 "${PID[$t]}" 2>/dev/null || die "$t died under load, see $WORK/$t/log"
-    local rps p99 errs
+    local rps p99 errs cpu_us
     rps=$(parse_rps "$out")
     p99=$(parse_p99 "$out")
     errs=$(parse_errors "$out")
     [[ -n $rps && -n $p99 ]] || die "could not parse wrk output: $(cat "$out")"
-    echo "$rps $p99 $errs" >>"$WORK/res-$t"
-    log "  round $2  $(printf '%-10s %10.0f req/s  p99 %7.3f ms  errors %s' "$t" "$rps" "$p99" "$errs")"
+    # CPU the server spent per answered request: steadier than req/s on a noisy machine.
+    cpu_us=$(awk -v a="$cpu_before" -v b="$(cpu_ticks "${PID[$t]}")" -v hz="$(getconf CLK_TCK)" \
+        -v n="$(parse_requests "$out")" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / hz * 1e6 / n; else print 0 }')
+    echo "$rps $p99 $errs $cpu_us" >>"$WORK/res-$t"
+    log "  round $2  $(printf '%-10s %10.0f req/s  p99 %7.3f ms  errors %s  cpu %s us/req' "$t" "$rps" "$p99" "$errs" "$cpu_us")"
 }
 
 parse_rps() { awk '$1 == "Requests/sec:" { print $2 }' "$1"; }
+
+parse_requests() { awk '$2 == "requests" && $3 == "in" { print $1 }' "$1"; }
 
 # From the --latency distribution: "99%   1.23ms"; wrk picks us/ms/s/m/h.
 parse_p99() {
@@ -489,7 +503,7 @@ mem_mb() { # pid field
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else printf "-" }'; }
 
-declare -A RPS P99 ERRS HWM RSS SPLIT
+declare -A RPS P99 ERRS CPU HWM RSS SPLIT
 
 collect() {
     local t
@@ -497,6 +511,7 @@ collect() {
         RPS[$t]=$(median "$WORK/res-$t" 1)
         P99[$t]=$(median "$WORK/res-$t" 2)
         ERRS[$t]=$(column_sum "$WORK/res-$t" 3)
+        CPU[$t]=$(median "$WORK/res-$t" 4)
         HWM[$t]=$(mem_mb "${PID[$t]}" VmHWM)
         RSS[$t]=$(mem_mb "${PID[$t]}" VmRSS)
     done
@@ -504,7 +519,8 @@ collect() {
 
 ratio_line() { # a b
     wants "$1" && wants "$2" || return 0
-    printf '%-20s req/s x%s   p99 x%s\n' "$1/$2:" "$(ratio "${RPS[$1]}" "${RPS[$2]}")" "$(ratio "${P99[$1]}" "${P99[$2]}")"
+    printf '%-20s req/s x%s   p99 x%s   cpu/req x%s\n' "$1/$2:" "$(ratio "${RPS[$1]}" "${RPS[$2]}")" \
+        "$(ratio "${P99[$1]}" "${P99[$2]}")" "$(ratio "${CPU[$1]}" "${CPU[$2]}")"
 }
 
 print_table() {
@@ -518,10 +534,10 @@ print_table() {
     esac
     local share="new %"
     [[ $MODE == ofrep ]] && share="on %"
-    printf '%-10s %10s %9s %7s %6s %8s %8s\n' target "req/s" "p99 ms" errors "$share" "HWM MB" "RSS MB"
+    printf '%-10s %10s %9s %7s %6s %11s %8s %8s\n' target "req/s" "p99 ms" errors "$share" "cpu us/req" "HWM MB" "RSS MB"
     for t in $TARGETS; do
-        printf '%-10s %10.0f %9.3f %7s %6s %8s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "${ERRS[$t]}" \
-            "${SPLIT[$t]}" "${HWM[$t]}" "${RSS[$t]}"
+        printf '%-10s %10.0f %9.3f %7s %6s %11s %8s %8s\n' "$t" "${RPS[$t]}" "${P99[$t]}" "${ERRS[$t]}" \
+            "${SPLIT[$t]}" "${CPU[$t]}" "${HWM[$t]}" "${RSS[$t]}"
     done
     ratio_line cutover haproxy
     ratio_line cutover nginx

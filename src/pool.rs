@@ -227,7 +227,10 @@ impl Http1Pool {
 
     async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
         let io = self.target.connect().await?;
-        let (sender, conn) = http1::handshake(io)
+        // A flat write, as on the server side.
+        let (sender, conn) = http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(|err| ProxyError::from_hyper(&err))?;
         tokio::spawn(async move {

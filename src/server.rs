@@ -253,6 +253,9 @@ async fn serve_proxy(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout)
+        // One flat write per response: small answers are copied once into the head buffer,
+        // and `send` is cheaper in the kernel than `writev` (measured with benches/load.sh).
+        .writev(false)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     builder
