@@ -1,7 +1,7 @@
 //! Turns raw YAML types into the typed [`Config`], collecting every error rather than
 //! stopping at the first, so `cutover check` shows the whole list at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
@@ -113,9 +113,10 @@ pub fn validate(
     // reported once and not again as "unknown backend" in each route.
     let declared: Vec<&str> = raw.backends.0.iter().map(|(n, _)| n.as_str()).collect();
     let mut routes: Vec<RouteSpec> = Vec::new();
+    let mut names = HashSet::with_capacity(raw.routes.len());
     for (i, route) in raw.routes.iter().enumerate() {
         let path = format!("routes[{i}]");
-        if raw.routes[..i].iter().any(|r| r.name == route.name) {
+        if !names.insert(route.name.as_str()) {
             v.error(
                 &format!("{path}.name"),
                 format!("duplicate route name {:?}", route.name),
