@@ -507,3 +507,40 @@ async fn a_flags_file_is_hot_reloaded_from_its_own_directory_and_validated() {
     let (_, value) = evaluate(&cutover, "core", json!({})).await;
     assert_eq!(value["value"], true);
 }
+
+/// A `flags_file` added by a reload is watched from then on, in its own directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flags_file_named_by_a_reload_is_watched_too() {
+    let cutover = Cutover::start(&config());
+    let team = cutover.config_path().parent().unwrap().join("team");
+    std::fs::create_dir(&team).unwrap();
+    let flags_path = team.join("flags.yaml");
+    let team_flags = |banner: &str| {
+        format!("flags:\n  team-banner:\n    variants: {{ a: \"{banner}\" }}\n    default: a\n")
+    };
+    std::fs::write(&flags_path, team_flags("one")).unwrap();
+    write_by_rename(
+        &cutover.config_path(),
+        &format!("flags_file: team/flags.yaml\n{}", config()),
+    );
+    let wait_for = |expected: &'static str| {
+        let cutover = &cutover;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                let (_, value) = evaluate(cutover, "team-banner", json!({})).await;
+                if value["value"] == expected {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "never served {expected:?}: {value}"
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    wait_for("one").await;
+    write_by_rename(&flags_path, &team_flags("two"));
+    wait_for("two").await;
+}
