@@ -109,6 +109,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<()> {
     if let Err(err) = watching.follow(&mut watcher, &files.borrow_and_update()) {
         tracing::warn!(error = %err, "cannot watch a config directory; reload with SIGHUP");
     }
+    // The task owns the watcher (it re-aims it below): dropping the watcher ends the watch.
     tokio::spawn(async move {
         loop {
             tokio::select! {
