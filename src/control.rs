@@ -247,12 +247,8 @@ impl Control {
             };
         }
         let (loaded, sources) = config::read(&self.path);
-        let paths = sources.paths();
-        self.watched.send_if_modified(|watched| {
-            let changed = *watched != paths;
-            *watched = paths;
-            changed
-        });
+        // Announced on every read, so the watcher also retries a directory it could not watch.
+        self.watched.send_replace(sources.paths());
         state.sources = sources;
         let config = match loaded {
             Ok(config) => config,

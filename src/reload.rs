@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::config::{format_percent, Config};
 use crate::control::Control;
@@ -99,32 +100,47 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 /// The set follows the config: a reload that names another `flags_file` moves the watch.
 pub fn watch(control: Arc<Control>) -> notify::Result<()> {
     let (tx, mut events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            let _ = tx.send(event.paths);
-        }
-    })?;
     let mut files = control.watched_files();
-    let mut watching = Watching::default();
-    if let Err(err) = watching.follow(&mut watcher, &files.borrow_and_update()) {
-        tracing::warn!(error = %err, "cannot watch a config directory; reload with SIGHUP");
-    }
-    // The task owns the watcher (it re-aims it below): dropping the watcher ends the watch.
+    let mut watching = Watching::aim(tx.clone(), &files.borrow_and_update())?;
+    watching.warn_if_incomplete();
+    // The task owns the watcher: dropping it ends the watch.
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 Some(paths) = events.recv() => {
-                    if !paths.iter().any(|p| watching.is_relevant(p)) {
+                    if !watching.is_relevant(&paths) {
                         continue;
                     }
-                    while let Ok(Some(_)) = tokio::time::timeout(DEBOUNCE, events.recv()).await {}
-                    let control = control.clone();
-                    let _ = tokio::task::spawn_blocking(move || control.reload("file")).await;
+                    // Editors write in bursts: wait until the files are quiet (unrelated
+                    // activity in the directory does not count), but never longer than MAX_WAIT.
+                    let give_up = Instant::now() + MAX_WAIT;
+                    let mut quiet_at = Instant::now() + DEBOUNCE;
+                    while let Ok(Some(paths)) =
+                        tokio::time::timeout_at(quiet_at.min(give_up), events.recv()).await
+                    {
+                        if watching.is_relevant(&paths) {
+                            quiet_at = Instant::now() + DEBOUNCE;
+                        }
+                    }
+                    reload(&control).await;
                 }
                 Ok(()) = files.changed() => {
-                    let files = files.borrow_and_update().clone();
-                    if let Err(err) = watching.follow(&mut watcher, &files) {
-                        tracing::warn!(error = %err, "cannot watch a config directory; reload with SIGHUP");
+                    let wanted = files.borrow_and_update().clone();
+                    if wanted == watching.files && watching.complete {
+                        continue;
+                    }
+                    match Watching::aim(tx.clone(), &wanted) {
+                        Ok(next) => {
+                            next.warn_if_incomplete();
+                            // A directory watched only now may have changed before the watch
+                            // began: read once more so such an edit is not lost.
+                            let gained = next.dirs.iter().any(|d| !watching.dirs.contains(d));
+                            watching = next;
+                            if gained {
+                                reload(&control).await;
+                            }
+                        }
+                        Err(err) => tracing::warn!(error = %err, "cannot watch the config; reload with SIGHUP"),
                     }
                 }
                 else => break,
@@ -134,49 +150,84 @@ pub fn watch(control: Arc<Control>) -> notify::Result<()> {
     Ok(())
 }
 
-/// The directories being watched and the file names that matter in them.
-#[derive(Default)]
+/// Longest a reload waits for a burst of writes to end.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+async fn reload(control: &Arc<Control>) {
+    let control = control.clone();
+    let _ = tokio::task::spawn_blocking(move || control.reload("file")).await;
+}
+
+/// One watcher on the directories of a set of files, and the file names that matter there.
 struct Watching {
+    _watcher: notify::RecommendedWatcher,
+    files: Vec<PathBuf>,
+    /// The directories actually watched.
     dirs: Vec<PathBuf>,
     names: Vec<OsString>,
+    /// Every directory could be watched (one that does not exist yet cannot).
+    complete: bool,
 }
 
 impl Watching {
-    fn follow(&mut self, watcher: &mut impl Watcher, files: &[PathBuf]) -> notify::Result<()> {
-        let dirs: Vec<PathBuf> = files.iter().map(|f| directory_of(f)).collect();
-        for dir in &self.dirs {
-            if !dirs.contains(dir) {
-                let _ = watcher.unwatch(dir);
-            }
-        }
-        let mut watched = Vec::new();
-        let mut result = Ok(());
-        for dir in dirs {
-            if watched.contains(&dir) {
+    /// A fresh watcher each time, rather than re-aiming one: inotify shares one watch between
+    /// two spellings of a directory (`.` and its absolute path), so unwatching one would
+    /// silently end the other.
+    fn aim(tx: mpsc::UnboundedSender<Vec<PathBuf>>, files: &[PathBuf]) -> notify::Result<Watching> {
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                // Reads (cutover's own included) are not changes; counting them would reload
+                // forever.
+                match event {
+                    Ok(event) if !event.kind.is_access() => {
+                        let _ = tx.send(event.paths);
+                    }
+                    _ => {}
+                }
+            })?;
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut complete = true;
+        for dir in files.iter().map(|f| directory_of(f)) {
+            if dirs.contains(&dir) {
                 continue;
             }
-            if !self.dirs.contains(&dir) {
-                if let Err(err) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
-                    result = Err(err);
-                    continue;
+            match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => dirs.push(dir),
+                Err(err) => {
+                    tracing::debug!(dir = %dir.display(), error = %err, "cannot watch");
+                    complete = false;
                 }
             }
-            watched.push(dir);
         }
-        self.dirs = watched;
-        self.names = files
-            .iter()
-            .filter_map(|f| f.file_name().map(ToOwned::to_owned))
-            .chain([OsString::from("..data")])
-            .collect();
-        result
+        Ok(Watching {
+            _watcher: watcher,
+            files: files.to_vec(),
+            dirs,
+            names: files
+                .iter()
+                .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+                .chain([OsString::from("..data")])
+                .collect(),
+            complete,
+        })
+    }
+
+    fn warn_if_incomplete(&self) {
+        if !self.complete {
+            tracing::warn!(
+                "cannot watch the directory of every config file; watching {:?}, retried on each reload",
+                self.dirs
+            );
+        }
     }
 
     /// By name only: a same-named file in another watched directory costs one reload that
     /// finds nothing changed.
-    fn is_relevant(&self, path: &Path) -> bool {
-        path.file_name()
-            .is_some_and(|name| self.names.iter().any(|n| n == name))
+    fn is_relevant(&self, paths: &[PathBuf]) -> bool {
+        paths.iter().any(|path| {
+            path.file_name()
+                .is_some_and(|name| self.names.iter().any(|n| n == name))
+        })
     }
 }
 

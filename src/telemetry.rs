@@ -207,7 +207,9 @@ impl FlagTelemetry {
     pub fn record(&self, variant: usize, reason: crate::flags::Reason) {
         if let Some(counters) = self.by_variant.get(variant) {
             counters[reason as usize].increment(1);
-            self.served[variant].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(served) = self.served.get(variant) {
+            served.fetch_add(1, Ordering::Relaxed);
         }
     }
 }

@@ -506,6 +506,14 @@ async fn a_flags_file_is_hot_reloaded_from_its_own_directory_and_validated() {
     );
     let (_, value) = evaluate(&cutover, "core", json!({})).await;
     assert_eq!(value["value"], true);
+
+    // An emptied flags file (a truncated write, a template that rendered nothing) is an
+    // error, not "no flags".
+    std::fs::write(&flags_path, "").unwrap();
+    let expected = format!("{}: flags: missing", flags_path.display());
+    cutover.wait_for_log(&expected, Duration::from_secs(3));
+    let (_, value) = evaluate(&cutover, "banner", json!({})).await;
+    assert_eq!(value["value"], "second");
 }
 
 /// A `flags_file` added by a reload is watched from then on, in its own directory.

@@ -205,3 +205,40 @@ async fn fifty_reloads_under_load_fail_no_request() {
     let successes = r#"cutover_config_reloads_total{result="success"}"#;
     assert_eq!(cutover.metric(successes).await, Some(51.0));
 }
+
+/// Neighbours reading and writing in the config's directory neither postpone a reload nor
+/// make cutover re-read its own file over and over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_directory_neither_delays_nor_repeats_reloads() {
+    let (legacy, new) = two_backends().await;
+    let cutover = Cutover::start(&all_to(&legacy, &new, false));
+    let dir = cutover.config_path().parent().unwrap().to_path_buf();
+    let stop = Arc::new(AtomicBool::new(false));
+    let neighbour = {
+        let (dir, stop) = (dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                std::fs::write(dir.join("other.log"), n.to_string()).unwrap();
+                let _ = std::fs::read(dir.join("cutover.yaml"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    write_in_place(&cutover.config_path(), &all_to(&legacy, &new, true));
+    wait_for_body(&cutover, "new").await;
+
+    stop.store(true, Ordering::Relaxed);
+    neighbour.join().unwrap();
+    // Once the neighbour is gone, cutover's own reads must not keep it re-reading.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = cutover.count_log("config unchanged");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let rereads = cutover.count_log("config unchanged") - before;
+    assert!(
+        rereads == 0,
+        "{rereads} reloads in a quiet second found nothing changed:\n{}",
+        cutover.logs()
+    );
+}

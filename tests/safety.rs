@@ -474,16 +474,15 @@ async fn names_with_markup_and_slashes_work_through_cli_api_and_ofrep() {
         (Some(flag), Some("DISABLED"))
     );
 
-    // Control and bidirectional formatting characters are still refused.
-    std::fs::write(
-        cutover.config_path(),
-        yaml.replace(route, "pay\u{202E}ments"),
-    )
-    .unwrap();
-    let (code, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
-    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(
-        body.to_string().contains("without control characters"),
-        "{body}"
-    );
+    // Refused: bidirectional formatting, dot segments (a browser would turn
+    // `/api/routes/../kill` into `/api/kill`) and backslashes (lost in Prometheus labels).
+    for bad in ["pay\u{202E}ments", "..", ".", "a\\\\b"] {
+        std::fs::write(cutover.config_path(), yaml.replace(route, bad)).unwrap();
+        let (code, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+        assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
+        assert!(
+            body.to_string().contains("without control characters"),
+            "{body}"
+        );
+    }
 }

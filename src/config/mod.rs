@@ -104,6 +104,24 @@ fn compile(path: &Path, text: &str) -> (Loaded, Option<(PathBuf, Option<String>)
         return (validate::validate(raw, path, text, None), None);
     };
     let flags_path = path.parent().unwrap_or(Path::new(".")).join(&name);
+    let same_file = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    if same_file(&flags_path, path) {
+        let error = ConfigError {
+            file: path.to_path_buf(),
+            location: None,
+            path: "flags_file".to_owned(),
+            message: "names this config file; name a file that holds only `flags:`".to_owned(),
+        };
+        let flags = validate::FlagsFile {
+            path: &flags_path,
+            text: "",
+            parsed: Err(error),
+        };
+        return (validate::validate(raw, path, text, Some(flags)), None);
+    }
     let flags_text = std::fs::read_to_string(&flags_path);
     let flags = match &flags_text {
         Ok(flags_text) => validate::FlagsFile {

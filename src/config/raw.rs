@@ -31,11 +31,11 @@ pub struct RawConfig {
 }
 
 /// A `flags_file`: the same `flags:` map as in the main file, and nothing else.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawFlagsFile {
-    #[serde(default)]
-    pub flags: OrderedMap<crate::flags::RawFlag>,
+    /// Required: an emptied or truncated file must not silently remove every flag.
+    pub flags: Option<OrderedMap<crate::flags::RawFlag>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

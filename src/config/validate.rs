@@ -144,7 +144,14 @@ pub fn validate(
         Some((Err(error), _, _)) => file_errors.push(error),
         Some((Ok(extra), path, flags_text)) => {
             let mut fv = Validator::new(path);
-            for (key, _) in &extra.flags.0 {
+            let extra = extra.flags.unwrap_or_else(|| {
+                fv.error(
+                    "flags",
+                    "missing: a flags file holds a `flags:` map (`flags: {}` for none), so an emptied file never removes every flag".to_owned(),
+                );
+                OrderedMap::default()
+            });
+            for (key, _) in &extra.0 {
                 if flags.iter().any(|(k, _)| k == key) {
                     fv.error(
                         &format!("flags.{key}"),
@@ -152,7 +159,7 @@ pub fn validate(
                     );
                 }
             }
-            flags.extend(fv.flags(&extra.flags));
+            flags.extend(fv.flags(&extra));
             v.warnings.append(&mut fv.warnings);
             file_errors = fv.located_errors(flags_text);
         }
@@ -326,18 +333,23 @@ impl<'a> Validator<'a> {
 
     fn name(&mut self, path: &str, kind: &str, name: &str) -> bool {
         // Any printable text: names reach logs, labels, URLs and the status page, each of
-        // which escapes them, but a control character or edge space would be misread.
+        // which escapes them, but a control character or edge space would be misread. `.`
+        // and `..` would be dot segments in admin API paths (a browser turns
+        // `/api/routes/../kill` into `/api/kill`), and the Prometheus exporter drops a `\`
+        // before a quote, so two names could share one series.
         let valid = !name.is_empty()
             && name.chars().count() <= 128
             && !name
                 .chars()
-                .any(|c| c.is_control() || is_invisible_format(c))
-            && name.trim() == name;
+                .any(|c| c.is_control() || c == '\\' || is_invisible_format(c))
+            && name.trim() == name
+            && name != "."
+            && name != "..";
         if !valid {
             self.error(
                 path,
                 format!(
-                    "{kind} name {name:?} must be 1-128 characters, without control characters or leading or trailing spaces"
+                    "{kind} name {name:?} must be 1-128 characters, not \".\" or \"..\", without control characters, backslashes or leading or trailing spaces"
                 ),
             );
         }
@@ -751,7 +763,18 @@ pub fn format_percent(basis_points: u32) -> String {
     }
 }
 
-/// Zero-width and bidirectional formatting characters: they make a name read as another.
+/// Invisible formatting characters (soft hyphen, zero-width, bidirectional controls): they
+/// make a name read as another.
 fn is_invisible_format(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }

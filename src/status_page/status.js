@@ -152,6 +152,10 @@
   // POSTs to the admin API and reports the outcome. `describe` turns a 2xx JSON body into a
   // notice.
   async function act(action) {
+    if (action.refused) {
+      notify('error', 'Cannot ' + action.label + ' from this page: use the cutover CLI.');
+      return;
+    }
     const token = memoryToken;
     if (!token) {
       askToken(action);
@@ -203,6 +207,9 @@
     const label = verb + ' ' + noun + ' “' + name + '”';
     return {
       label: label,
+      // cutover refuses these names; if one ever came through, the browser would resolve the
+      // dot segment and the call would reach /api/kill, every route.
+      refused: name === '.' || name === '..',
       path: '/api/' + kind + '/' + encodeURIComponent(name) + '/' + verb,
       body: verb === 'kill' ? { reason: 'killed from the status page' } : null,
       describe: (body) => {
