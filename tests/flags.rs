@@ -552,3 +552,51 @@ async fn a_flags_file_named_by_a_reload_is_watched_too() {
     write_by_rename(&flags_path, &team_flags("two"));
     wait_for("two").await;
 }
+
+/// `-c cutover.yaml` (directory `.`) and a `flags_file` naming the same directory by its
+/// absolute path share one inotify watch: moving the flags file elsewhere must not end the
+/// watch on the config itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_the_flags_file_keeps_watching_the_config_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags =
+        |name: &str| format!("flags:\n  {name}:\n    variants: {{ a: 1 }}\n    default: a\n");
+    std::fs::write(dir.path().join("here.yaml"), flags("here")).unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("sub").join("there.yaml"), flags("there")).unwrap();
+    let main = |flags_file: &str, extra: &str| {
+        format!(
+            "{}\nflags_file: {flags_file}\n{extra}",
+            config().replace(FLAGS, "")
+        )
+    };
+    let absolute = dir.path().join("here.yaml").display().to_string();
+    std::fs::write(dir.path().join("cutover.yaml"), main(&absolute, "")).unwrap();
+    let config_path = dir.path().join("cutover.yaml");
+    let cutover = Cutover::start_relative(dir, "cutover.yaml");
+    assert_eq!(
+        evaluate(&cutover, "here", json!({})).await.0,
+        StatusCode::OK
+    );
+
+    let served = |key: &'static str| {
+        let cutover = &cutover;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while evaluate(cutover, key, json!({})).await.0 != StatusCode::OK {
+                assert!(
+                    Instant::now() < deadline,
+                    "{key} never served:\n{}",
+                    cutover.logs()
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+    };
+    write_by_rename(&config_path, &main("sub/there.yaml", ""));
+    served("there").await;
+    // Give the watcher time to move, then edit the config itself.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    write_by_rename(&config_path, &main("sub/there.yaml", &flags("extra")));
+    served("extra").await;
+}

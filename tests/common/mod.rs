@@ -225,10 +225,20 @@ impl Cutover {
     /// Runs `cutover run -c DIR/FILE` on a config already in `dir`.
     pub fn start_in(dir: tempfile::TempDir, file: &str, env: &[(&str, &str)]) -> Cutover {
         let config = dir.path().join(file);
+        Cutover::spawn(dir, &config, env)
+    }
+
+    /// Runs `cutover run -c FILE` from inside `dir`, with the relative path as given.
+    pub fn start_relative(dir: tempfile::TempDir, file: &str) -> Cutover {
+        Cutover::spawn(dir, Path::new(file), &[])
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: &Path, env: &[(&str, &str)]) -> Cutover {
         let mut command = Command::new(BIN);
         command
+            .current_dir(dir.path())
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .args(["--threads", "2"])
             .env("RUST_LOG", "info,cutover=debug")
             .stdout(Stdio::null())
