@@ -53,10 +53,12 @@ impl FlagsApi {
         if let Some(refusal) = self.authenticate(&req) {
             return refusal;
         }
-        let path = req.uri().path().to_owned();
+        // Split once, so the path and key stay borrowed from the head while the body is read.
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path();
         if path == "/flags/events" {
-            let last_seen = req
-                .headers()
+            let last_seen = parts
+                .headers
                 .get("last-event-id")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok());
@@ -64,14 +66,14 @@ impl FlagsApi {
         }
         if let Some(key) = path.strip_prefix("/flags/").filter(|k| !k.is_empty()) {
             let key = decode_key(key);
-            if req.method() != Method::GET {
+            if parts.method != Method::GET {
                 return error(
                     StatusCode::METHOD_NOT_ALLOWED,
                     json!({"errorDetails": "use GET"}),
                 );
             }
-            let query: Vec<(String, String)> = req
-                .uri()
+            let query: Vec<(String, String)> = parts
+                .uri
                 .query()
                 .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default();
@@ -84,15 +86,15 @@ impl FlagsApi {
         if !bulk && single.is_none() {
             return error(StatusCode::NOT_FOUND, json!({"errorDetails": "not found"}));
         }
-        if req.method() != Method::POST {
+        if parts.method != Method::POST {
             return error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 json!({"errorDetails": "use POST"}),
             );
         }
-        let if_none_match = req.headers().get(IF_NONE_MATCH).cloned();
-        let key = single.map(|key| decode_key(key).into_owned());
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        let if_none_match = parts.headers.get(IF_NONE_MATCH);
+        let key = single.map(decode_key);
+        let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(body) => body.to_bytes(),
             Err(_) => {
                 return failure(
@@ -111,7 +113,7 @@ impl FlagsApi {
         };
         match key {
             Some(key) => self.single(&key, &context),
-            None => self.bulk(&context, if_none_match.as_ref()),
+            None => self.bulk(&context, if_none_match),
         }
     }
 
