@@ -108,40 +108,22 @@ fn compile(path: &Path, text: &str) -> (Loaded, Option<(PathBuf, Option<String>)
         (Ok(a), Ok(b)) => a == b,
         _ => a == b,
     };
-    if same_file(&flags_path, path) {
-        let error = ConfigError {
-            file: path.to_path_buf(),
-            location: None,
-            path: "flags_file".to_owned(),
-            message: "names this config file; name a file that holds only `flags:`".to_owned(),
-        };
-        let flags = validate::FlagsFile {
-            path: &flags_path,
-            text: "",
-            parsed: Err(error),
-        };
-        return (validate::validate(raw, path, text, Some(flags)), None);
-    }
-    let flags_text = std::fs::read_to_string(&flags_path);
-    let flags = match &flags_text {
-        Ok(flags_text) => validate::FlagsFile {
+    let read = if same_file(&flags_path, path) {
+        Err("names this config file; name a file that holds only `flags:`".to_owned())
+    } else {
+        std::fs::read_to_string(&flags_path)
+            .map_err(|err| format!("cannot read {}: {err}", flags_path.display()))
+    };
+    let flags = match &read {
+        Ok(flags_text) => validate::FlagsFile::Read {
             path: &flags_path,
             text: flags_text,
             parsed: parse(flags_text).map_err(|error| error.in_file(&flags_path)),
         },
-        Err(err) => validate::FlagsFile {
-            path: &flags_path,
-            text: "",
-            parsed: Err(ConfigError {
-                file: path.to_path_buf(),
-                location: None,
-                path: "flags_file".to_owned(),
-                message: format!("cannot read {}: {err}", flags_path.display()),
-            }),
-        },
+        Err(message) => validate::FlagsFile::Unusable(message.clone()),
     };
     let loaded = validate::validate(raw, path, text, Some(flags));
-    (loaded, Some((flags_path.clone(), flags_text.ok())))
+    (loaded, Some((flags_path, read.ok())))
 }
 
 /// A parse error, before it is known which file it belongs to.

@@ -40,12 +40,16 @@ struct Validator<'a> {
     warnings: Vec<String>,
 }
 
-/// The `flags_file` a config names, as read and parsed.
-pub struct FlagsFile<'a> {
-    pub path: &'a Path,
-    pub text: &'a str,
-    /// A parse error belongs to the flags file; a read error to the config's `flags_file`.
-    pub parsed: Result<RawFlagsFile, ConfigError>,
+/// The `flags_file` a config names.
+pub enum FlagsFile<'a> {
+    /// It cannot be used (unreadable, or the config itself): reported at `flags_file`.
+    Unusable(String),
+    /// Its text and what parsing it gave; errors belong to that file.
+    Read {
+        path: &'a Path,
+        text: &'a str,
+        parsed: Result<RawFlagsFile, ConfigError>,
+    },
 }
 
 /// `text` is the file's content; it is read again only to locate errors, if there are any.
@@ -138,11 +142,17 @@ pub fn validate(
     }
     let mut flags = v.flags(&raw.flags);
     let mut file_errors = Vec::new();
-    match flags_file.map(|f| (f.parsed, f.path, f.text)) {
+    match flags_file {
         None => {}
-        Some((Err(error), _, _)) if error.file == file => v.error(&error.path, error.message),
-        Some((Err(error), _, _)) => file_errors.push(error),
-        Some((Ok(extra), path, flags_text)) => {
+        Some(FlagsFile::Unusable(message)) => v.error("flags_file", message),
+        Some(FlagsFile::Read {
+            parsed: Err(error), ..
+        }) => file_errors.push(error),
+        Some(FlagsFile::Read {
+            parsed: Ok(extra),
+            path,
+            text: flags_text,
+        }) => {
             let mut fv = Validator::new(path);
             let extra = extra.flags.unwrap_or_else(|| {
                 fv.error(
