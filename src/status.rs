@@ -28,8 +28,6 @@ pub struct FlagStatus {
     pub key: String,
     pub variants: Vec<VariantStatus>,
     pub default: String,
-    /// Whether the flag has a `rollout` (each variant's `rollout_percent` is then set).
-    pub rollout: bool,
     pub killed: bool,
     pub kill: Option<Kill>,
     /// Evaluations since cutover started, over all variants.
@@ -171,7 +169,6 @@ impl Status {
                     FlagStatus {
                         key: key.clone(),
                         default: flag.variants[flag.default].name.clone(),
-                        rollout: flag.rollout.is_some(),
                         killed: kill.is_some(),
                         kill,
                         evaluations: variants.iter().map(|v| v.evaluations).sum(),

@@ -529,8 +529,10 @@
 
   function updateFlag(view, flag) {
     updateSwitch(view, flag.killed, flag.kill, 'everyone gets “' + flag.default + '”.');
-    show(view.barRow, flag.rollout);
-    show(view.noRollout, !flag.rollout);
+    // A flag with a rollout gives every variant a share (0 for those left out).
+    const hasRollout = flag.variants.some((v) => v.rollout_percent != null);
+    show(view.barRow, hasRollout);
+    show(view.noRollout, !hasRollout);
 
     const shape = JSON.stringify([flag.variants.map((v) => [v.name, v.rollout_percent]), flag.default]);
     if (shape !== view.shape) {
