@@ -151,7 +151,11 @@ impl Proxy {
         if has_ambiguous_framing(response.headers())
             || (status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none())
         {
-            let err = ProxyError::Protocol("invalid framing or unrequested 101".into());
+            let err = ProxyError::Protocol(if status == StatusCode::SWITCHING_PROTOCOLS {
+                "101 to a request that asked for no upgrade".into()
+            } else {
+                "response with ambiguous framing".into()
+            });
             self.record_failure(
                 &snapshot,
                 &Decision {
@@ -163,16 +167,22 @@ impl Proxy {
             );
             return upstream_error(&route.name, &served_upstream.name, &err);
         }
-        let elapsed = started.elapsed();
+        let now = Instant::now();
+        let elapsed = now - started;
         served.telemetry.response(status, elapsed);
-        served.window.record(elapsed, status.is_server_error());
+        served
+            .window
+            .record_at(now, elapsed, status.is_server_error());
         if status.is_server_error() {
             self.check_guard(&snapshot, decision.route, served_by);
         }
 
         let runtime = &snapshot.runtime[decision.route];
         let grace = snapshot.config.kill_grace;
-        let response_upgrade = response.headers().get(UPGRADE).cloned();
+        // Only a 101 needs its Upgrade value, and stripping hop-by-hop headers removes it.
+        let response_upgrade = (status == StatusCode::SWITCHING_PROTOCOLS)
+            .then(|| response.headers().get(UPGRADE).cloned())
+            .flatten();
         headers::strip_hop_by_hop(response.headers_mut());
         if status == StatusCode::SWITCHING_PROTOCOLS {
             if let (Some(client_upgrade), Some(value)) =
@@ -260,11 +270,12 @@ impl Proxy {
         err: &ProxyError,
     ) {
         let target: &Target = &snapshot.targets[decision.route][decision.target];
-        let elapsed = started.elapsed();
+        let now = Instant::now();
+        let elapsed = now - started;
         match err.reason() {
             Some(reason) => {
                 target.telemetry.failure(reason, elapsed);
-                target.window.record(elapsed, true);
+                target.window.record_at(now, elapsed, true);
                 self.check_guard(snapshot, decision.route, decision.target);
             }
             None => target.telemetry.response(err.status(), elapsed),

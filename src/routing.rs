@@ -260,16 +260,11 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
 
 /// `murmur3_x86_32(route ++ key, 0)`, hashed without joining the two.
 pub fn hash(route: &str, key: &[u8]) -> u32 {
-    // The hash takes one slice: short inputs are joined on the stack, long ones on the heap.
-    let mut joined = [0u8; 128];
-    let len = route.len() + key.len();
-    if len <= joined.len() {
-        joined[..route.len()].copy_from_slice(route.as_bytes());
-        joined[route.len()..len].copy_from_slice(key);
-        mur3::murmurhash3_x86_32(&joined[..len], 0)
-    } else {
-        mur3::murmurhash3_x86_32(&[route.as_bytes(), key].concat(), 0)
-    }
+    use std::hash::Hasher as _;
+    let mut hasher = mur3::Hasher32::with_seed(0);
+    hasher.write(route.as_bytes());
+    hasher.write(key);
+    hasher.finish32()
 }
 
 /// The sticky bucket of `key` on `route`, in `0..10_000`.

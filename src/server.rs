@@ -73,12 +73,7 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
     };
     let live = control.live();
     let config = live.load_full().config.clone();
-    let token = token.or_else(|| {
-        std::env::var(&config.admin.token_env)
-            .ok()
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty())
-    });
+    let token = token.or_else(|| read_token(&config.admin.token_env));
     check_admin_exposure(&config, token.is_some())?;
 
     let proxy_listener = bind("proxy", config.listen).await?;
@@ -124,9 +119,7 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
             .flags_api
             .as_ref()
             .and_then(|api| api.token_env.as_deref())
-            .and_then(|name| std::env::var(name).ok())
-            .map(|t| t.trim().to_owned())
-            .filter(|t| !t.is_empty());
+            .and_then(read_token);
         let api = Arc::new(FlagsApi {
             live: live.clone(),
             changes: control.flag_changes(),
@@ -208,6 +201,14 @@ fn describe_routes(config: &Config) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A bearer token from the environment; unset or blank means none.
+fn read_token(variable: &str) -> Option<String> {
+    std::env::var(variable)
+        .ok()
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
 }
 
 async fn wait_for_shutdown_signal() -> anyhow::Result<()> {

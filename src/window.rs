@@ -106,10 +106,6 @@ impl WindowStats {
         at.duration_since(process_start()).as_millis() as u64 / self.slot_ms
     }
 
-    pub fn record(&self, latency: Duration, error: bool) {
-        self.record_at(Instant::now(), latency, error);
-    }
-
     pub fn record_at(&self, at: Instant, latency: Duration, error: bool) {
         let period = self.period(at);
         let slot = &self.slots[(period % self.slots.len() as u64) as usize];
