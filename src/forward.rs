@@ -115,10 +115,13 @@ impl ProxyError {
 impl Upstream {
     /// The backend URI for a request target: the backend's base path, then the target's
     /// path with `strip` leading bytes removed (a route's matched prefix), then its query.
+    /// Origin form for HTTP/1 (what goes on the wire); HTTP/2 also needs scheme and authority.
     pub fn uri_for(&self, target: &Uri, strip: usize) -> Result<Uri, http::Error> {
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
+        if self.http2 {
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(self.authority.clone());
+        }
         parts.path_and_query = match target.path_and_query() {
             // The common case reuses the target as it came.
             Some(original) if self.base_path.is_empty() && strip == 0 => Some(original.clone()),

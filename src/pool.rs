@@ -197,6 +197,7 @@ impl Http1Pool {
     }
 
     /// HTTP/1 wants origin-form targets (the backend is not a forward proxy) and a `Host`.
+    /// The proxy's requests already come in origin form (`Upstream::uri_for`).
     fn prepare(&self, req: &mut Request<UpstreamBody>) {
         if req.method() == Method::CONNECT {
             *req.uri_mut() = Uri::from(self.target.authority.clone());
