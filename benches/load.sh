@@ -431,12 +431,12 @@ split_check() { # target -> percent of answers from "new" / "on"
 
 # ---------------------------------------------------------------- load and parsing
 
-# CPU time (user + system, in clock ticks) of a process tree so far.
+# CPU time of a process tree so far, in clock ticks: "user system".
 cpu_ticks() { # pid
     local p files=()
     for p in $(tree_pids "$1"); do files+=("/proc/$p/stat"); done
     # After the last ')' (the command name may hold spaces), utime and stime are fields 12, 13.
-    awk '{ sub(/^.*\) /, ""); t += $12 + $13 } END { print t + 0 }' "${files[@]}" 2>/dev/null || echo 0
+    awk '{ sub(/^.*\) /, ""); u += $12; s += $13 } END { print u + 0, s + 0 }' "${files[@]}" 2>/dev/null || echo 0 0
 }
 
 run_wrk() { # target round
@@ -455,10 +455,15 @@ run_wrk() { # target round
     errs=$(parse_errors "$out")
     [[ -n $rps && -n $p99 ]] || die "could not parse wrk output: $(cat "$out")"
     # CPU the server spent per answered request: steadier than req/s on a noisy machine.
-    cpu_us=$(awk -v a="$cpu_before" -v b="$(cpu_ticks "${PID[$t]}")" -v hz="$(getconf CLK_TCK)" \
-        -v n="$(parse_requests "$out")" 'BEGIN { if (n > 0) printf "%.1f", (b - a) / hz * 1e6 / n; else print 0 }')
+    # The user-space share is logged too: the kernel's loopback work is the same for every proxy.
+    local cpu user_us
+    cpu=$(awk -v a="$cpu_before" -v b="$(cpu_ticks "${PID[$t]}")" -v hz="$(getconf CLK_TCK)" \
+        -v n="$(parse_requests "$out")" 'BEGIN {
+            split(a, x, " "); split(b, y, " "); f = n > 0 ? 1e6 / hz / n : 0
+            printf "%.1f %.1f", (y[1] + y[2] - x[1] - x[2]) * f, (y[1] - x[1]) * f }')
+    read -r cpu_us user_us <<<"$cpu"
     echo "$rps $p99 $errs $cpu_us" >>"$WORK/res-$t"
-    log "  round $2  $(printf '%-10s %10.0f req/s  p99 %7.3f ms  errors %s  cpu %s us/req' "$t" "$rps" "$p99" "$errs" "$cpu_us")"
+    log "  round $2  $(printf '%-10s %10.0f req/s  p99 %7.3f ms  errors %s  cpu %s us/req (user %s)' "$t" "$rps" "$p99" "$errs" "$cpu_us" "$user_us")"
 }
 
 parse_rps() { awk '$1 == "Requests/sec:" { print $2 }' "$1"; }
