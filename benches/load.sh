@@ -65,7 +65,7 @@ tree_pids() {
 cleanup() {
     local rc=$? p i all=()
     if [[ -n $WRK_PID ]]; then kill "$WRK_PID" 2>/dev/null || true; fi
-    for p in "${PIDS[@]}"; do all+=($(tree_pids "$p")); done
+    for p in "${PIDS[@]}"; do mapfile -t -O "${#all[@]}" all < <(tree_pids "$p"); done
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${all[@]}"; do
         for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
@@ -532,7 +532,7 @@ print_table() {
     local t
     local pinned="not pinned"
     ((PIN)) && pinned="server on CPU $SERVER_CPU, wrk on CPU $CLIENT_CPU"
-    echo "cutover load comparison: mode=$MODE, wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds (interleaved), $(nproc) cores, $pinned, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "cutover load comparison: mode=$MODE, wrk -t1 -c$CONNECTIONS -d${DURATION}s x $ROUNDS rounds (interleaved, rotating), $(nproc) cores, $pinned, $(date -u +%Y-%m-%dT%H:%MZ)"
     case $MODE in
         route) echo "split 90/10 on x-user-id (a new id per request); medians over rounds; errors = non-2xx + socket errors, all rounds" ;;
         ofrep) echo "single-flag OFREP POST, 2 rules missed + 25/75 rollout on a new targetingKey per request; nginx = return 200 with the same JSON (the floor); medians over rounds" ;;
@@ -573,9 +573,13 @@ main() {
         log "  $t: ${SPLIT[$t]}% of $SPLIT_CHECK distinct users got new/on"
     done
 
-    # Interleaved, so drift (thermal, neighbours, page cache) hits every target alike.
+    # Interleaved, so drift (thermal, neighbours, page cache) hits every target alike, and
+    # each round starts one target further on: the slot in the round measurably matters here.
+    local order n i
+    read -ra order <<<"$TARGETS"
+    n=${#order[@]}
     for ((r = 1; r <= ROUNDS; r++)); do
-        for t in $TARGETS; do run_wrk "$t" "$r"; done
+        for ((i = 0; i < n; i++)); do run_wrk "${order[(r - 1 + i) % n]}" "$r"; done
     done
 
     collect
