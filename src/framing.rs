@@ -113,14 +113,14 @@ impl<S> Sniffed<S> {
             bytes
         };
         if self.partial_head.is_empty() {
-            if let Some(end) = memchr::memmem::find(bytes, b"\r\n\r\n") {
+            if let Some(end) = blank_line(bytes) {
                 self.head_complete(&bytes[..end + 4]);
                 return &bytes[end + 4..];
             }
         } else {
             let searched = self.partial_head.len().saturating_sub(3);
             self.partial_head.extend_from_slice(bytes);
-            if let Some(end) = memchr::memmem::find(&self.partial_head[searched..], b"\r\n\r\n") {
+            if let Some(end) = blank_line(&self.partial_head[searched..]) {
                 let head_len = searched + end + 4;
                 let rest = self.partial_head.len() - head_len;
                 let head = std::mem::take(&mut self.partial_head);
@@ -145,8 +145,13 @@ impl<S> Sniffed<S> {
     fn head_complete(&mut self, head: &[u8]) {
         self.heads += 1;
         // Only the framing fields matter here, and hyper validates the rest; so a line scan,
-        // not a full parse.
-        let mut lines = head.split(|&b| b == b'\n');
+        // not a full parse. memchr finds line ends faster than a byte-by-byte split.
+        let mut start = 0;
+        let mut lines = memchr::memchr_iter(b'\n', head).map(|end| {
+            let line = &head[start..end];
+            start = end + 1;
+            line
+        });
         let request_line = lines.next().unwrap_or_default();
         let mut content_length: Option<&[u8]> = None;
         let mut lengths_differ = false;
@@ -158,16 +163,21 @@ impl<S> Sniffed<S> {
             let Some(colon) = memchr::memchr(b':', line) else {
                 continue;
             };
-            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
-            if name.eq_ignore_ascii_case(b"content-length") {
-                lengths_differ |= content_length.is_some_and(|first| first != value);
-                content_length = Some(value);
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                transfer_encoding = true;
-                let last_coding = value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                chunked = last_coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                upgrade = true;
+            let (name, value) = (&line[..colon], || line[colon + 1..].trim_ascii());
+            // The name's length rules out most lines before any comparison.
+            match name.len() {
+                14 if name.eq_ignore_ascii_case(b"content-length") => {
+                    let value = value();
+                    lengths_differ |= content_length.is_some_and(|first| first != value);
+                    content_length = Some(value);
+                }
+                17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    transfer_encoding = true;
+                    let last_coding = value().rsplit(|&b| b == b',').next().unwrap_or_default();
+                    chunked = last_coding.trim_ascii().eq_ignore_ascii_case(b"chunked");
+                }
+                7 if name.eq_ignore_ascii_case(b"upgrade") => upgrade = true,
+                _ => {}
             }
         }
         if (content_length.is_some() && transfer_encoding) || lengths_differ {
@@ -270,6 +280,14 @@ impl<S> Sniffed<S> {
     }
 }
 
+/// Where the first `\r\n\r\n` in `bytes` starts. Stepping from one line end to the next is
+/// cheaper on a short head than `memmem::find`, which builds a searcher on every call.
+fn blank_line(bytes: &[u8]) -> Option<usize> {
+    memchr::memchr_iter(b'\n', bytes)
+        .find(|&end| end >= 3 && bytes[end - 3..end] == *b"\r\n\r")
+        .map(|end| end - 3)
+}
+
 impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -351,6 +369,33 @@ mod tests {
         let head: &[u8] =
             b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         assert_eq!(heads_flagged(&[head]), (1, vec![true]));
+    }
+
+    #[test]
+    fn blank_line_is_the_first_crlfcrlf() {
+        let cases: [&[u8]; 7] = [
+            b"",
+            b"\r\n\r",
+            b"\r\n\r\n",
+            b"a\n\r\n\r\n",
+            b"a\r\n\r\r\n\r\nb\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"\n\n\r\r\n\n",
+        ];
+        for case in cases {
+            assert_eq!(blank_line(case), memchr::memmem::find(case, b"\r\n\r\n"));
+        }
+    }
+
+    #[test]
+    fn framing_names_match_in_any_case_and_only_whole() {
+        let head: &[u8] =
+            b"POST / HTTP/1.1\r\nHost: x\r\nCONTENT-LENGTH: 1\r\nTransfer-encoding: chunked\r\n\r\n";
+        assert_eq!(heads_flagged(&[head]), (1, vec![true]));
+        // Lookalike names of the same or other lengths frame nothing.
+        let head: &[u8] = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Lengtx: 1\r\n\
+            Transfer-Encodings: chunked\r\nUpgrades: x\r\nContent-Length : 2\r\n\r\n";
+        assert_eq!(heads_flagged(&[head, head]), (2, vec![false, false]));
     }
 
     #[test]

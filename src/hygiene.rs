@@ -93,6 +93,24 @@ pub fn inspect<B>(req: &Request<B>) -> Result<Option<Addressed>, Rejection> {
     })
 }
 
+/// The bytes of a reg-name (RFC 3986 §3.2.2): unreserved, sub-delims, and `%` of a
+/// pct-encoded octet. A table, as `host_without_port` runs twice per request.
+static REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_alphanumeric();
+        b += 1;
+    }
+    let others = b"-._~!$&'()*+,;=%";
+    let mut i = 0;
+    while i < others.len() {
+        table[others[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /// The host part of `host[:port]`, if the whole is a valid authority without user info.
 pub fn host_without_port(authority: &str) -> Option<&str> {
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
@@ -109,16 +127,15 @@ pub fn host_without_port(authority: &str) -> Option<&str> {
         };
         (&authority[..inner.len() + 2], port)
     } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
+        // A byte scan from the end: `rsplit_once(':')` goes through the general char searcher,
+        // and this runs twice per request.
+        match authority.bytes().rposition(|b| b == b':') {
+            Some(colon) => (&authority[..colon], Some(&authority[colon + 1..])),
             None => (authority, None),
         }
     };
     let reg_name_ok = host.starts_with('[')
-        || (!host.is_empty()
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b)));
+        || (!host.is_empty() && host.bytes().all(|b| REG_NAME[usize::from(b)]));
     let port_ok = port.is_none_or(|p| p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
     (reg_name_ok && port_ok).then_some(host)
 }
@@ -139,6 +156,22 @@ mod tests {
         assert_eq!(host_without_port("[::1]x"), None);
         assert_eq!(host_without_port(":80"), None);
         assert_eq!(host_without_port("a/b"), None);
+    }
+
+    #[test]
+    fn reg_name_table_is_the_rfc_set() {
+        for b in 0..=u8::MAX {
+            let rfc = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b);
+            assert_eq!(REG_NAME[usize::from(b)], rfc, "byte {b:#04x}");
+        }
+        assert_eq!(host_without_port("a.b:"), Some("a.b"));
+        assert_eq!(host_without_port("a:b:80"), None);
+        assert_eq!(host_without_port("a.b:123456"), None);
+        assert_eq!(
+            host_without_port("xn--bcher-kva.example:443"),
+            Some("xn--bcher-kva.example")
+        );
+        assert_eq!(host_without_port("caf\u{e9}.example"), None);
     }
 
     fn request(version: Version, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
