@@ -50,7 +50,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // removed: one pass over the fields notes the fixed ones and reads `Connection` on the
     // way. Most requests carry none; most responses just `Connection: keep-alive`.
     let mut present = 0;
-    let mut te_named = false;
     let mut named = Vec::new();
     for (name, value) in headers.iter() {
         let bit = hop_by_hop_bit(name);
@@ -74,12 +73,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             else {
                 continue;
             };
-            match hop_by_hop_bit(name) {
-                // A field named in `Connection` goes whole: no `TE: trailers` exception.
-                TE_BIT => te_named = true,
-                0 if name != HOST => named.push(name.clone()),
-                // `Host` stays; the other fixed fields go below anyway.
-                _ => {}
+            // `Host` stays; fixed fields are dealt with below. That includes TE, which RFC 9110
+            // §10.1.4 has every HTTP/1.1 sender name in `Connection`: naming it must not lose
+            // `trailers`.
+            if hop_by_hop_bit(name) == 0 && name != HOST {
+                named.push(name.clone());
             }
         }
     }
@@ -89,9 +87,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
-    let keeps_trailers = present & TE_BIT != 0
-        && !te_named
-        && headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
+    let keeps_trailers =
+        present & TE_BIT != 0 && headers.get_all(TE).iter().any(|v| has_token(v, "trailers"));
     for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
@@ -350,9 +347,13 @@ mod tests {
             stripped(&[("te", "gzip"), ("te", "Trailers;q=1")]),
             fields(&[("te", "trailers")])
         );
-        // Named in `Connection`, TE goes whole, as any named field does.
+        // A compliant HTTP/1.1 client names TE in `Connection` (RFC 9110 §10.1.4).
         assert_eq!(
             stripped(&[("connection", "te"), ("te", "trailers")]),
+            fields(&[("te", "trailers")])
+        );
+        assert_eq!(
+            stripped(&[("connection", "TE"), ("te", "gzip")]),
             fields(&[])
         );
         let plain = [("host", "a.example"), ("x-bar", "1")];

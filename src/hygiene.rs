@@ -35,6 +35,8 @@ pub struct Addressed {
     /// From an absolute-form target or HTTP/2 `:authority` rather than the `Host` field, so
     /// `Host` must be set from it when forwarding.
     pub from_target: bool,
+    /// Length of the host part, found while validating, so matching need not parse again.
+    host_len: usize,
 }
 
 impl Addressed {
@@ -45,7 +47,7 @@ impl Addressed {
 
     /// The host without port, for route matching.
     pub fn host(&self) -> Option<&str> {
-        host_without_port(self.as_str())
+        self.as_str().get(..self.host_len)
     }
 }
 
@@ -61,9 +63,12 @@ pub fn inspect<B>(req: &Request<B>) -> Result<Option<Addressed>, Rejection> {
     // Absolute-form and HTTP/2 `:authority` name the target; Host is then only a duplicate.
     let target = match req.uri().authority() {
         Some(authority) => match host_without_port(authority.as_str()) {
-            Some(_) => Some(
-                HeaderValue::from_str(authority.as_str()).map_err(|_| Rejection::InvalidHost)?,
-            ),
+            Some(host) => Some(Addressed {
+                value: HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| Rejection::InvalidHost)?,
+                from_target: true,
+                host_len: host.len(),
+            }),
             None => return Err(Rejection::InvalidHost),
         },
         None => None,
@@ -71,30 +76,25 @@ pub fn inspect<B>(req: &Request<B>) -> Result<Option<Addressed>, Rejection> {
     let host = match host {
         Some(value) => {
             let text = value.to_str().map_err(|_| Rejection::InvalidHost)?;
-            // An empty Host is allowed only when the target names the authority itself.
-            if host_without_port(text).is_none() && !(text.is_empty() && target.is_some()) {
-                return Err(Rejection::InvalidHost);
+            match host_without_port(text) {
+                Some(host) => Some(Addressed {
+                    value: value.clone(),
+                    from_target: false,
+                    host_len: host.len(),
+                }),
+                // An empty Host is allowed only when the target names the authority itself.
+                None if text.is_empty() && target.is_some() => None,
+                None => return Err(Rejection::InvalidHost),
             }
-            Some(value.clone())
         }
         None if req.version() == Version::HTTP_11 => return Err(Rejection::MissingHost),
         None => None,
     };
-    Ok(match (target, host) {
-        (Some(value), _) => Some(Addressed {
-            value,
-            from_target: true,
-        }),
-        (None, Some(value)) => Some(Addressed {
-            value,
-            from_target: false,
-        }),
-        (None, None) => None,
-    })
+    Ok(target.or(host))
 }
 
 /// The bytes of a reg-name (RFC 3986 §3.2.2): unreserved, sub-delims, and `%` of a
-/// pct-encoded octet. A table, as `host_without_port` runs twice per request.
+/// pct-encoded octet. A table, as `host_without_port` runs on every request.
 static REG_NAME: [bool; 256] = {
     let mut table = [false; 256];
     let mut b = 0;
@@ -210,5 +210,20 @@ mod tests {
             &[("host", "b.example")],
         );
         assert_eq!(inspect(&userinfo), Err(Rejection::InvalidHost));
+    }
+
+    #[test]
+    fn addressed_host_leaves_out_the_port() {
+        let host = |uri: &str, host: &str| {
+            let req = request(Version::HTTP_11, uri, &[("host", host)]);
+            let addressed = inspect(&req).unwrap().unwrap();
+            addressed.host().unwrap().to_owned()
+        };
+        assert_eq!(host("/", "Shop.Example:8080"), "Shop.Example");
+        assert_eq!(host("/", "shop.example"), "shop.example");
+        assert_eq!(host("/", "[::1]:9"), "[::1]");
+        assert_eq!(host("http://b.example:81/x", "a.example:82"), "b.example");
+        // An empty Host is allowed when the target names the authority.
+        assert_eq!(host("http://[::1]/x", ""), "[::1]");
     }
 }

@@ -631,6 +631,12 @@ async fn te_trailers_is_forwarded() {
     let reply = exchange(cutover.proxy, request).await;
     assert_eq!(reply.status, 200, "{reply:#?}");
     assert_eq!(reply.echoed("te"), ["trailers"], "{}", reply.body);
+    // As a compliant client sends it, TE named in `Connection` (RFC 9110 §10.1.4).
+    let request =
+        b"GET /headers HTTP/1.1\r\nHost: a.example\r\nConnection: TE\r\nTE: trailers, gzip\r\n\r\n";
+    let reply = exchange(cutover.proxy, request).await;
+    assert_eq!(reply.status, 200, "{reply:#?}");
+    assert_eq!(reply.echoed("te"), ["trailers"], "{}", reply.body);
 }
 
 // ---------------------------------------------------------------------------------------------
