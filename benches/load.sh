@@ -57,9 +57,13 @@ die() { log "load.sh: $*"; exit 1; }
 
 # A process and all its descendants: nginx workers would outlive a SIGKILLed master.
 tree_pids() {
-    local p=$1 c
+    local p=$1 c f kids
     echo "$p"
-    for c in $(cat /proc/"$p"/task/*/children 2>/dev/null); do tree_pids "$c"; done
+    for f in /proc/"$p"/task/*/children; do
+        [[ -r $f ]] || continue
+        read -ra kids <"$f" || true # one line of pids, without a newline
+        for c in "${kids[@]}"; do tree_pids "$c"; done
+    done
 }
 
 cleanup() {
