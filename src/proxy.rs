@@ -70,7 +70,7 @@ impl Proxy {
         let client_ip = headers::client_ip(peer_ip, req.headers(), trusted);
 
         // Match and pick.
-        let host = addressed.as_ref().and_then(Addressed::host);
+        let host = addressed.as_ref().map(Addressed::host);
         let Some(decision) = decide(&snapshot, &req, host, client_ip) else {
             return local(
                 StatusCode::NOT_FOUND,
