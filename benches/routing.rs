@@ -15,7 +15,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use cutover::config;
-use cutover::routing::RequestHead;
+use cutover::proxy::routing::RequestHead;
 use cutover::snapshot::{Carried, Snapshot};
 use http::{HeaderMap, HeaderValue, Method};
 
@@ -125,7 +125,7 @@ fn record_response(c: &mut Criterion) {
     let _ = cutover::telemetry::install_recorder();
     let target =
         cutover::telemetry::TargetTelemetry::new(&"payments".into(), &"payments-v2".into());
-    let window = cutover::window::WindowStats::new(std::time::Duration::from_secs(30));
+    let window = cutover::control::window::WindowStats::new(std::time::Duration::from_secs(30));
     let latency = std::time::Duration::from_micros(850);
     c.bench_function("record_response", |b| {
         b.iter(|| {

@@ -3,8 +3,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use crate::config::{self, format_percent, Config};
-use crate::routing::{HostMatch, Matcher, PathMatch, StickySource};
+use crate::bucket::format_percent;
+use crate::config::{self, Config};
+use crate::proxy::routing::{HostMatch, Matcher, PathMatch, StickySource};
 
 /// The report to print, and whether the file is valid.
 pub fn check(path: &Path) -> (String, bool) {

@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use cutover::cli::AdminClient;
+use cutover::admin::client as cli;
+use cutover::admin::client::AdminClient;
 use cutover::demo::DemoPorts;
-use cutover::{check, cli, demo, server, telemetry};
+use cutover::{check, demo, server, telemetry};
 
 #[derive(Parser)]
 #[command(

@@ -20,13 +20,14 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::admin::{self, Admin};
-use crate::config::{format_percent, Config};
+use crate::bucket::format_percent;
+use crate::config::Config;
+use crate::control::reload;
 use crate::control::Control;
-use crate::flags::ofrep::{self, FlagsApi};
-use crate::framing::{FramingWatch, Sniffed};
-use crate::headers::Peer;
+use crate::flags_api::{self, FlagsApi};
+use crate::listener::framing::{FramingWatch, Sniffed};
+use crate::proxy::headers::Peer;
 use crate::proxy::Proxy;
-use crate::reload;
 use crate::telemetry;
 
 /// Largest request head accepted; larger gets 431.
@@ -125,7 +126,7 @@ pub async fn serve_with_token(path: &Path, token: Option<String>) -> anyhow::Res
             changes: control.flag_changes(),
             token,
         });
-        tokio::spawn(ofrep::serve(listener, api, shutdown_rx.clone()));
+        tokio::spawn(flags_api::serve(listener, api, shutdown_rx.clone()));
     }
     let admin_task = tokio::spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx));
     // Histograms keep raw samples until upkeep; draining them every second bounds that memory

@@ -16,6 +16,8 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
+use crate::error::FailureReason;
+
 pub const REQUESTS_TOTAL: &str = "cutover_requests_total";
 pub const REQUEST_DURATION_SECONDS: &str = "cutover_request_duration_seconds";
 pub const GUARD_TRIPS_TOTAL: &str = "cutover_guard_trips_total";
@@ -82,33 +84,6 @@ pub fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .try_init();
-}
-
-/// Why a backend gave no response; the `reason` label of upstream failures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureReason {
-    Connect = 0,
-    Timeout = 1,
-    Reset = 2,
-    Protocol = 3,
-}
-
-impl FailureReason {
-    pub const ALL: [FailureReason; 4] = [
-        FailureReason::Connect,
-        FailureReason::Timeout,
-        FailureReason::Reset,
-        FailureReason::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureReason::Connect => "connect",
-            FailureReason::Timeout => "timeout",
-            FailureReason::Reset => "reset",
-            FailureReason::Protocol => "protocol",
-        }
-    }
 }
 
 /// 0.5 ms to 10 s, roughly ×2 per bucket.

@@ -102,7 +102,7 @@ async fn single_flag_evaluation_follows_the_reason_rules() {
         )
         .await;
         assert_eq!(value["reason"], "SPLIT");
-        let bucket = cutover::routing::bucket("new-checkout", user.as_bytes());
+        let bucket = cutover::bucket::bucket("new-checkout", user.as_bytes());
         assert_eq!(
             value["variant"],
             if bucket < 2500 { "on" } else { "off" },

@@ -56,7 +56,7 @@ async fn sticky_users_land_where_the_documented_bucket_says_across_restarts() {
             let (_, _, b) = get(cutover.proxy, "/", &[("x-user-id", user)]).await;
             assert_eq!(a, b, "{user} moved between two requests");
             // The public algorithm: stable owns buckets 0..7000.
-            let bucket = cutover::routing::bucket("main", user.as_bytes());
+            let bucket = cutover::bucket::bucket("main", user.as_bytes());
             let expected = if bucket < 7000 { "legacy" } else { "new" };
             assert_eq!(a.trim(), expected, "{user} bucket {bucket}");
             first_run.push(a);

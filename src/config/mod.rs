@@ -12,8 +12,6 @@ use std::path::{Path, PathBuf};
 
 pub use locate::Location;
 pub use model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RouteSpec};
-pub use raw::OrderedMap;
-pub use validate::{basis_points, format_percent};
 
 /// One thing wrong with a config file, pointing at where to fix it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use http::uri::Authority;
 use ipnet::IpNet;
 
 use crate::flags::Flag;
-use crate::routing::{Matcher, StickySource};
+use crate::proxy::routing::{Matcher, StickySource};
 
 #[derive(Clone, Debug)]
 pub struct Config {

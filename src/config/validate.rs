@@ -12,12 +12,12 @@ use ipnet::IpNet;
 
 use super::locate::LocationIndex;
 use super::model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RouteSpec};
-use super::raw::{
-    OrderedMap, RawBackend, RawConfig, RawFlagsFile, RawGuard, RawMatch, RawRoute, RawSticky,
-};
+use super::raw::{RawBackend, RawConfig, RawFlagsFile, RawGuard, RawMatch, RawRoute, RawSticky};
 use super::{ConfigError, Loaded};
+use crate::bucket::{basis_points, format_percent, BUCKETS};
 use crate::flags::{Flag, RawFlag};
-use crate::routing::{HostMatch, Matcher, PathMatch, StickySource, BUCKETS};
+use crate::ordered_map::OrderedMap;
+use crate::proxy::routing::{HostMatch, Matcher, PathMatch, StickySource};
 
 const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
@@ -749,28 +749,6 @@ fn shadowed_routes(routes: &[RouteSpec]) -> Vec<(usize, usize)> {
         }
     }
     shadowed
-}
-
-/// A percentage from 0 to 100 with at most 2 decimals, as basis points (90.5 → 9050).
-pub fn basis_points(value: f64) -> Result<u32, String> {
-    let scaled = value * 100.0;
-    if !value.is_finite() || !(0.0..=100.0).contains(&value) {
-        Err(format!("{value} is not a percentage from 0 to 100"))
-    } else if (scaled - scaled.round()).abs() > 1e-6 {
-        Err(format!("{value} has more than 2 decimals"))
-    } else {
-        Ok(scaled.round() as u32)
-    }
-}
-
-/// Basis points as a percentage for messages: 9050 → "90.5".
-pub fn format_percent(basis_points: u32) -> String {
-    let whole = basis_points / 100;
-    match basis_points % 100 {
-        0 => whole.to_string(),
-        frac if frac % 10 == 0 => format!("{whole}.{}", frac / 10),
-        frac => format!("{whole}.{frac:02}"),
-    }
 }
 
 /// Invisible formatting characters (soft hyphen, zero-width, bidirectional controls): they

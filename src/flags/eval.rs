@@ -11,7 +11,7 @@
 use serde_json::{Map, Value};
 
 use super::model::{Flag, Rollout, Serve};
-use crate::routing::bucket;
+use crate::bucket::bucket;
 
 /// Why a variant was served: OFREP's `reason`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

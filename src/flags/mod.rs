@@ -1,4 +1,4 @@
-//! Feature flags as plain data, served over OFREP. [`compile`] turns one flag's YAML into a
+//! Feature flags as plain data (served over OFREP by [`crate::flags_api`]). [`compile`] turns one flag's YAML into a
 //! [`Flag`] (every error at once, each with its field path); [`evaluate`] picks the variant
 //! one context gets, and why. Nothing here does I/O, takes a lock or knows about HTTP, the
 //! config loader or the snapshot: handlers stay thin over one pure function.
@@ -6,7 +6,6 @@
 mod condition;
 mod eval;
 mod model;
-pub mod ofrep;
 
 pub use condition::{Comparison, Condition, Operator, Pattern, Scalar};
 pub use eval::{evaluate, Context, ContextValue, Evaluation, Reason};

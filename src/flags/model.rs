@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_yaml::Value as Yaml;
 
 use super::condition::Condition;
-use crate::config::{basis_points, format_percent, OrderedMap};
-use crate::routing::BUCKETS;
+use crate::bucket::{basis_points, format_percent, BUCKETS};
+use crate::ordered_map::OrderedMap;
 
 /// One flag as written under `flags:`; its key is the map key above it.
 #[derive(Debug, Deserialize)]

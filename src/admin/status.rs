@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::format_percent;
+use crate::bucket::format_percent;
+use crate::control::overrides::Kill;
 use crate::control::LastReload;
-use crate::overrides::Kill;
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -18,8 +18,7 @@ use http::{HeaderMap, HeaderValue, Method};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-/// Buckets per route: shares are basis points, so one bucket is 0.01%.
-pub const BUCKETS: u32 = 10_000;
+use crate::bucket::{bucket, BUCKETS};
 
 /// What routing looks at in a request, borrowed from it.
 pub struct RequestHead<'a> {
@@ -258,20 +257,6 @@ fn query_value<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
     })
 }
 
-/// `murmur3_x86_32(route ++ key, 0)`, hashed without joining the two.
-pub fn hash(route: &str, key: &[u8]) -> u32 {
-    use std::hash::Hasher as _;
-    let mut hasher = mur3::Hasher32::with_seed(0);
-    hasher.write(route.as_bytes());
-    hasher.write(key);
-    hasher.finish32()
-}
-
-/// The sticky bucket of `key` on `route`, in `0..10_000`.
-pub fn bucket(route: &str, key: &[u8]) -> u16 {
-    ((u64::from(hash(route, key)) * u64::from(BUCKETS)) >> 32) as u16
-}
-
 thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_rng(&mut rand::rng()));
 }
@@ -284,24 +269,6 @@ fn random_bucket() -> u16 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn hash_matches_flagd_vectors() {
-        for (key, expected) in [
-            ("ejOoVL", 0x0000_0000u32),
-            ("bY9fO-", 0x0000_0001),
-            ("SI7p-", 0x7fff_ffff),
-            ("6LvT0", 0x8000_0000),
-            ("ceQdGm", 0xffff_ffff),
-        ] {
-            assert_eq!(hash("", key.as_bytes()), expected, "key {key}");
-            // Splitting the input between route and key changes nothing.
-            let (route, rest) = key.split_at(2);
-            assert_eq!(hash(route, rest.as_bytes()), expected, "key {key} split");
-        }
-        assert_eq!(bucket("", b"ejOoVL"), 0);
-        assert_eq!(bucket("", b"ceQdGm"), 9_999);
-    }
 
     fn head<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestHead<'a> {
         RequestHead {

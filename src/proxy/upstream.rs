@@ -15,8 +15,8 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::BackendSpec;
-use crate::pool::Pool;
-use crate::telemetry::FailureReason;
+use crate::error::ProxyError;
+use crate::proxy::pool::Pool;
 
 /// Body of a request to a backend: streamed from the client, or buffered for a replay.
 pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
@@ -29,87 +29,6 @@ pub struct Upstream {
     http2: bool,
     request_timeout: Duration,
     pool: Pool,
-}
-
-/// Why a backend gave no usable response. Blame is on the backend for all but `ClientBody`.
-#[derive(Clone, Debug)]
-pub enum ProxyError {
-    /// The backend refused or could not be reached.
-    Connect(String),
-    ConnectTimeout,
-    /// No response head within `request_timeout`.
-    Timeout,
-    /// The connection broke before a response head arrived.
-    Reset(String),
-    /// The backend answered with something that is not valid HTTP.
-    Protocol(String),
-    /// The client's own request body failed while being relayed.
-    ClientBody,
-}
-
-impl ProxyError {
-    /// True when the backend gave no response at all (connect refused, connect timeout, or
-    /// reset before a response head): an idempotent request may be replayed elsewhere.
-    pub fn allows_fallback(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::Connect(_) | ProxyError::ConnectTimeout | ProxyError::Reset(_)
-        )
-    }
-
-    /// The failure reason, or `None` when the client is to blame.
-    pub fn reason(&self) -> Option<FailureReason> {
-        match self {
-            ProxyError::Connect(_) => Some(FailureReason::Connect),
-            ProxyError::ConnectTimeout | ProxyError::Timeout => Some(FailureReason::Timeout),
-            ProxyError::Reset(_) => Some(FailureReason::Reset),
-            ProxyError::Protocol(_) => Some(FailureReason::Protocol),
-            ProxyError::ClientBody => None,
-        }
-    }
-
-    /// Value of the `x-cutover-error` header.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProxyError::Connect(_) => "connect",
-            ProxyError::ConnectTimeout => "connect-timeout",
-            ProxyError::Timeout => "timeout",
-            ProxyError::Reset(_) => "reset",
-            ProxyError::Protocol(_) => "protocol",
-            ProxyError::ClientBody => "client-body",
-        }
-    }
-
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            ProxyError::ConnectTimeout | ProxyError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientBody => http::StatusCode::BAD_REQUEST,
-            _ => http::StatusCode::BAD_GATEWAY,
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            ProxyError::Connect(cause) => format!("cannot connect ({cause})"),
-            ProxyError::ConnectTimeout => "connect timed out".to_owned(),
-            ProxyError::Timeout => "no response within request_timeout".to_owned(),
-            ProxyError::Reset(cause) => format!("connection lost before a response ({cause})"),
-            ProxyError::Protocol(cause) => format!("invalid response ({cause})"),
-            ProxyError::ClientBody => "request body failed".to_owned(),
-        }
-    }
-
-    /// What a failed exchange on an established connection means. The client's body failing
-    /// is a user error in hyper's terms; anything else before a response head is the backend's.
-    pub(crate) fn from_hyper(err: &hyper::Error) -> ProxyError {
-        if err.is_user() {
-            ProxyError::ClientBody
-        } else if err.is_parse() || err.is_parse_status() {
-            ProxyError::Protocol(err.to_string())
-        } else {
-            ProxyError::Reset(err.to_string())
-        }
-    }
 }
 
 impl Upstream {

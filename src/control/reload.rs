@@ -13,7 +13,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::{format_percent, Config};
+use crate::bucket::format_percent;
+use crate::config::Config;
 use crate::control::Control;
 
 /// How long the file must be quiet before a change is read: editors write in bursts.

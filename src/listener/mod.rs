@@ -2,6 +2,8 @@
 //! connection, one task per connection, until shutdown. The proxy listener has its own loop
 //! in `server`, with framing checks and graceful draining.
 
+pub mod framing;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;

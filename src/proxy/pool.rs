@@ -23,7 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::forward::{ProxyError, UpstreamBody};
+use crate::error::ProxyError;
+use crate::proxy::upstream::UpstreamBody;
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

@@ -28,9 +28,9 @@ use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{evaluate, Context};
 use crate::bearer::{self, Bearer};
 use crate::control::FlagChange;
+use crate::flags::{evaluate, Context};
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
 const MAX_BODY: usize = 64 * 1024;

@@ -2,7 +2,7 @@
 //!
 //! | method path                          | does                                              |
 //! |--------------------------------------|---------------------------------------------------|
-//! | GET `/`, `/status.js`, `/status.css` | the live status page ([`crate::status_page`])     |
+//! | GET `/`, `/status.js`, `/status.css` | the live status page ([`crate::admin::page`])     |
 //! | GET `/healthz`                       | 200 while the process serves                      |
 //! | GET `/readyz`                        | 200 once config is loaded and listeners bound; 503 while shutting down |
 //! | GET `/metrics`                       | Prometheus text                                   |
@@ -15,6 +15,10 @@
 //!
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
+
+pub mod client;
+pub mod page;
+pub mod status;
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,11 +36,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::status::Status;
 use crate::bearer::{self, Bearer};
+use crate::control::overrides::{Kill, KillSource};
 use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
-use crate::overrides::{Kill, KillSource};
-use crate::status::Status;
-use crate::status_page;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -86,8 +89,8 @@ impl Admin {
                 None => error(StatusCode::NOT_FOUND, "not found"),
             };
         }
-        if let Some(asset) = status_page::find(&path) {
-            return status_page::respond(asset);
+        if let Some(asset) = page::find(&path) {
+            return page::respond(asset);
         }
         match path.as_str() {
             "/healthz" => text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".into()),
@@ -128,7 +131,7 @@ impl Admin {
         match path {
             "/healthz" | "/readyz" | "/metrics" | "/api/status" => Some("GET, HEAD"),
             "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
-            _ if status_page::find(path).is_some() => Some("GET, HEAD"),
+            _ if page::find(path).is_some() => Some("GET, HEAD"),
             _ if switch_action(path).is_some() => Some("POST"),
             _ => None,
         }

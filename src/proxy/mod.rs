@@ -2,6 +2,13 @@
 //! forward (with one fallback replay on stable) → record. It loads the live snapshot once per
 //! request and takes no lock; only a guard trip, once, goes to [`Control`].
 
+pub mod body;
+pub mod headers;
+pub mod hygiene;
+pub mod pool;
+pub mod routing;
+pub mod upstream;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,13 +20,14 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ResponseBody;
 use crate::control::Control;
-use crate::forward::{ProxyError, Upstream, UpstreamBody};
-use crate::headers::{self, Peer};
-use crate::hygiene::{self, Addressed, Rejection};
-use crate::routing::{PathMatch, RequestHead};
+use crate::error::ProxyError;
+use crate::proxy::body::ResponseBody;
+use crate::proxy::routing::{PathMatch, RequestHead};
+use crate::proxy::upstream::{Upstream, UpstreamBody};
 use crate::snapshot::{LiveSnapshot, RouteRuntime, Snapshot, Target};
+use headers::Peer;
+use hygiene::{Addressed, Rejection};
 
 static X_CUTOVER_ERROR: http::HeaderName = http::HeaderName::from_static("x-cutover-error");
 static X_CUTOVER_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-cutover-fallback");

@@ -2,14 +2,18 @@
 //! and kill switches (API, CLI, guard) all go through [`Control`], which serializes them,
 //! builds the next snapshot off the request path, and publishes it with one swap.
 
+pub mod overrides;
+pub mod reload;
+pub mod window;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use crate::config::{self, ConfigError};
-use crate::overrides::{Kill, KillSource, Overrides};
-use crate::reload::describe_changes;
+use crate::control::overrides::{Kill, KillSource, Overrides};
+use crate::control::reload::describe_changes;
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 

@@ -11,7 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use crate::status::Status;
+use crate::admin::status::Status;
 
 pub struct AdminClient {
     base: String,

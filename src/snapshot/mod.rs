@@ -13,12 +13,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
+use crate::bucket::BUCKETS;
 use crate::config::Config;
-use crate::forward::{Upstream, UpstreamCache};
-use crate::overrides::{Kill, Overrides};
-use crate::routing::{Route, RouteTable, BUCKETS};
+use crate::control::overrides::{Kill, Overrides};
+use crate::control::window::WindowStats;
+use crate::proxy::routing::{Route, RouteTable};
+use crate::proxy::upstream::{Upstream, UpstreamCache};
 use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
-use crate::window::WindowStats;
 
 /// Monotonic number of a successfully loaded config.
 pub type Generation = u64;

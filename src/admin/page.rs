@@ -25,17 +25,17 @@ pub const ASSETS: [Asset; 3] = [
     Asset {
         path: "/",
         content_type: "text/html; charset=utf-8",
-        body: include_str!("status_page/index.html"),
+        body: include_str!("page/index.html"),
     },
     Asset {
         path: "/status.js",
         content_type: "text/javascript; charset=utf-8",
-        body: include_str!("status_page/status.js"),
+        body: include_str!("page/status.js"),
     },
     Asset {
         path: "/status.css",
         content_type: "text/css; charset=utf-8",
-        body: include_str!("status_page/status.css"),
+        body: include_str!("page/status.css"),
     },
 ];
 
