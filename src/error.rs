@@ -30,7 +30,7 @@ impl FailureReason {
     }
 }
 
-/// Why a backend gave no usable response. Blame is on the backend for all but `ClientBody`.
+/// Why a backend gave no usable response. Blame is on the backend for all but `ClientBody` and `BadTarget`.
 #[derive(Clone, Debug)]
 pub enum ProxyError {
     /// The backend refused or could not be reached.
@@ -44,6 +44,8 @@ pub enum ProxyError {
     Protocol(String),
     /// The client's own request body failed while being relayed.
     ClientBody,
+    /// The request target cannot be rewritten into one for this backend.
+    BadTarget,
 }
 
 impl ProxyError {
@@ -63,7 +65,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::Timeout => Some(FailureReason::Timeout),
             ProxyError::Reset(_) => Some(FailureReason::Reset),
             ProxyError::Protocol(_) => Some(FailureReason::Protocol),
-            ProxyError::ClientBody => None,
+            ProxyError::ClientBody | ProxyError::BadTarget => None,
         }
     }
 
@@ -76,13 +78,14 @@ impl ProxyError {
             ProxyError::Reset(_) => "reset",
             ProxyError::Protocol(_) => "protocol",
             ProxyError::ClientBody => "client-body",
+            ProxyError::BadTarget => "bad-target",
         }
     }
 
     pub fn status(&self) -> http::StatusCode {
         match self {
             ProxyError::ConnectTimeout | ProxyError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::ClientBody => http::StatusCode::BAD_REQUEST,
+            ProxyError::ClientBody | ProxyError::BadTarget => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
         }
     }
@@ -95,6 +98,7 @@ impl ProxyError {
             ProxyError::Reset(cause) => format!("connection lost before a response ({cause})"),
             ProxyError::Protocol(cause) => format!("invalid response ({cause})"),
             ProxyError::ClientBody => "request body failed".to_owned(),
+            ProxyError::BadTarget => "invalid request target".to_owned(),
         }
     }
 

@@ -17,12 +17,13 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use http::header::{HeaderValue, CONNECTION, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use http::{Method, Request, Response, StatusCode};
 use http_body::Frame;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::Incoming;
+use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use crate::bearer::{self, Bearer};
 use crate::control::FlagChange;
 use crate::flags::{evaluate, Context};
+use crate::listener::Limits;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -49,7 +51,21 @@ pub struct FlagsApi {
 }
 
 impl FlagsApi {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> FlagsResponse {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        ambiguous_framing: bool,
+    ) -> FlagsResponse {
+        if ambiguous_framing {
+            let mut response = error(
+                StatusCode::BAD_REQUEST,
+                json!({"errorDetails": "ambiguous message framing"}),
+            );
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         if let Some(refusal) = self.authenticate(&req) {
             return refusal;
         }
@@ -348,9 +364,21 @@ fn event(change: &FlagChange) -> Bytes {
 }
 
 /// Serves the flags API until `shutdown` flips.
-pub async fn serve(listener: TcpListener, api: Arc<FlagsApi>, shutdown: watch::Receiver<bool>) {
-    crate::listener::serve(listener, "flags API", shutdown, move |req| {
-        api.clone().handle(req)
-    })
-    .await;
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    api: Arc<FlagsApi>,
+    shutdown: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    crate::listener::serve(
+        listener,
+        "flags API",
+        limits,
+        shutdown,
+        move |req, arrival| {
+            let ambiguous = arrival.ambiguous_framing;
+            api.clone().handle(req, ambiguous)
+        },
+    )
+    .await
 }

@@ -7,7 +7,7 @@
 use anyhow::Context;
 use http::StatusCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use metrics::{
@@ -29,8 +29,14 @@ pub const CONFIG_RELOADS_TOTAL: &str = "cutover_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "cutover_config_generation";
 pub const FLAG_EVALUATIONS_TOTAL: &str = "cutover_flag_evaluations_total";
 
-/// Installs the process-wide Prometheus recorder. Call once, before any snapshot is built.
+/// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
+/// (a second server in one test process) get the same recorder.
 pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
+    static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full(REQUEST_DURATION_SECONDS.to_owned()),
@@ -71,6 +77,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         FLAG_EVALUATIONS_TOTAL,
         "Flag evaluations served, by flag, variant and OFREP reason."
     );
+    *installed = Some(handle.clone());
     Ok(handle)
 }
 
@@ -109,6 +116,7 @@ const DURATION_BUCKETS: [f64; 16] = [
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 /// Counter handles for one backend of one route.
+#[derive(Clone)]
 pub struct TargetTelemetry {
     requests: [Counter; 6],
     failures: [Counter; 4],
@@ -190,6 +198,7 @@ impl FlagTelemetry {
 }
 
 /// Counter handles for one route.
+#[derive(Clone)]
 pub struct RouteTelemetry {
     pub guard_trips: Counter,
     pub fallbacks: Counter,

@@ -25,10 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_util::server::graceful::GracefulShutdown;
 use metrics_exporter_prometheus::PrometheusHandle;
 use percent_encoding::percent_decode_str;
 use serde::Deserialize;
@@ -40,6 +41,7 @@ use crate::admin::status::Status;
 use crate::bearer::{self, Bearer};
 use crate::control::overrides::{Kill, KillSource};
 use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
+use crate::listener::Limits;
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -64,7 +66,18 @@ struct KillRequest {
 }
 
 impl Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>) -> AdminResponse {
+    async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        ambiguous_framing: bool,
+    ) -> AdminResponse {
+        if ambiguous_framing {
+            let mut response = error(StatusCode::BAD_REQUEST, "ambiguous message framing");
+            response
+                .headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         if method == Method::POST {
@@ -209,15 +222,26 @@ impl Admin {
                 )
             }
         };
-        let names: Option<Vec<&str>> = target.as_deref().map(|name| vec![name]);
-        let control = &self.control;
-        let outcome = if action == "kill" {
+        let target = target.map(Cow::into_owned);
+        let control = self.control.clone();
+        let kill = (action == "kill").then(|| {
             let reason = request
                 .reason
                 .unwrap_or_else(|| format!("killed via {}", source.as_str()));
-            control.kill(switch, names.as_deref(), Kill::now(source, reason))
-        } else {
-            control.resume(switch, names.as_deref())
+            Kill::now(source, reason)
+        });
+        // The switch is published at once; writing `state_file` is left to a blocking thread.
+        let outcome = tokio::task::spawn_blocking(move || {
+            let names = target.as_deref().map(|name| [name]);
+            let names = names.as_ref().map(|n| &n[..]);
+            match kill {
+                Some(kill) => control.kill(switch, names, kill),
+                None => control.resume(switch, names),
+            }
+        })
+        .await;
+        let Ok(outcome) = outcome else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "kill switch failed");
         };
         match outcome {
             Ok(OverrideOutcome { changed, persisted }) => {
@@ -287,9 +311,21 @@ fn error(status: StatusCode, message: &str) -> AdminResponse {
 }
 
 /// Serves the admin API until `shutdown` flips.
-pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: watch::Receiver<bool>) {
-    crate::listener::serve(listener, "admin API", shutdown, move |req| {
-        admin.clone().handle(req)
-    })
-    .await;
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    admin: Arc<Admin>,
+    shutdown: watch::Receiver<bool>,
+) -> GracefulShutdown {
+    crate::listener::serve(
+        listener,
+        "admin API",
+        limits,
+        shutdown,
+        move |req, arrival| {
+            let ambiguous = arrival.ambiguous_framing;
+            admin.clone().handle(req, ambiguous)
+        },
+    )
+    .await
 }

@@ -88,47 +88,39 @@ pub struct BackendStatus {
 impl Status {
     pub fn of(snapshot: &Snapshot, config_file: &std::path::Path, last: &LastReload) -> Status {
         let config = &snapshot.config;
-        let routes = config
+        let routes = snapshot
             .routes
             .iter()
-            .enumerate()
-            .map(|(index, spec)| {
-                let effective = snapshot.effective_split(index);
-                let window = snapshot.targets[index]
-                    .first()
-                    .map_or(0.0, |t| t.window.window().as_secs_f64());
-                RouteStatus {
-                    name: spec.name.clone(),
-                    stable: config.backends[spec.stable].name.clone(),
-                    killed: snapshot.kills[index].is_some(),
-                    kill: snapshot.kills[index].clone(),
-                    guard: spec.guard.as_ref().map(|g| GuardStatus {
-                        max_error_rate: g.max_error_rate,
-                        min_requests: g.min_requests,
-                        window_seconds: g.window.as_secs_f64(),
-                    }),
-                    window_seconds: window,
-                    backends: spec
-                        .split
-                        .iter()
-                        .zip(&effective)
-                        .zip(snapshot.targets[index].iter())
-                        .map(|((&(backend, share), &(_, now)), target)| {
-                            let totals = target.window.totals();
-                            BackendStatus {
-                                name: config.backends[backend].name.clone(),
-                                configured: f64::from(share) / 100.0,
-                                effective: f64::from(now) / 100.0,
-                                requests: totals.requests,
-                                errors: totals.errors,
-                                requests_per_second: round2(totals.rate()),
-                                error_percent: round2(totals.error_percent()),
-                                p50_ms: totals.p50.map(|d| round2(d.as_secs_f64() * 1000.0)),
-                                p99_ms: totals.p99.map(|d| round2(d.as_secs_f64() * 1000.0)),
-                            }
-                        })
-                        .collect(),
-                }
+            .map(|route| RouteStatus {
+                name: route.name.to_string(),
+                stable: route.stable().backend.name.to_string(),
+                killed: route.kill.is_some(),
+                kill: route.kill.clone(),
+                guard: route.guard.as_ref().map(|g| GuardStatus {
+                    max_error_rate: g.max_error_rate,
+                    min_requests: g.min_requests,
+                    window_seconds: g.window.as_secs_f64(),
+                }),
+                window_seconds: route.stable().window.window().as_secs_f64(),
+                backends: route
+                    .targets
+                    .iter()
+                    .zip(route.effective_shares())
+                    .map(|(target, now)| {
+                        let totals = target.window.totals();
+                        BackendStatus {
+                            name: target.backend.name.to_string(),
+                            configured: f64::from(target.share) / 100.0,
+                            effective: f64::from(now) / 100.0,
+                            requests: totals.requests,
+                            errors: totals.errors,
+                            requests_per_second: round2(totals.rate()),
+                            error_percent: round2(totals.error_percent()),
+                            p50_ms: totals.p50.map(|d| round2(d.as_secs_f64() * 1000.0)),
+                            p99_ms: totals.p99.map(|d| round2(d.as_secs_f64() * 1000.0)),
+                        }
+                    })
+                    .collect(),
             })
             .collect();
         Status {
@@ -180,7 +172,7 @@ impl Status {
                 .overrides
                 .routes
                 .keys()
-                .filter(|name| snapshot.route_index(name).is_none())
+                .filter(|name| snapshot.route(name).is_none())
                 .cloned()
                 .collect(),
         }

@@ -86,6 +86,29 @@ pub struct GuardSpec {
 }
 
 impl Config {
+    /// No routes, no flags, nothing bound: the value before the first load.
+    pub fn empty() -> Config {
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        Config {
+            listen: unbound,
+            admin: AdminSettings {
+                listen: unbound,
+                token_env: String::new(),
+            },
+            flags_api: None,
+            state_file: PathBuf::new(),
+            trusted_proxies: Vec::new(),
+            client_header_timeout: Duration::ZERO,
+            shutdown_timeout: Duration::ZERO,
+            kill_grace: Duration::ZERO,
+            backends: Vec::new(),
+            routes: Vec::new(),
+            flags: Vec::new(),
+            flags_file: None,
+            warnings: Vec::new(),
+        }
+    }
+
     pub fn backend(&self, index: usize) -> &BackendSpec {
         &self.backends[index]
     }

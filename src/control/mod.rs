@@ -2,6 +2,7 @@
 //! and kill switches (API, CLI, guard) all go through [`Control`], which serializes them,
 //! builds the next snapshot off the request path, and publishes it with one swap.
 
+pub mod guard;
 pub mod overrides;
 pub mod reload;
 pub mod window;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use crate::config::{self, ConfigError};
+use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::control::reload::describe_changes;
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
@@ -125,48 +127,32 @@ pub struct Control {
 }
 
 impl Control {
-    /// Loads the config and the runtime overrides for the first time.
+    /// Loads the config and the runtime overrides for the first time, through the same
+    /// [`Control::reload`] every later change takes.
     pub fn start(path: &Path) -> Result<Control, Vec<ConfigError>> {
-        let (loaded, sources) = config::read(path);
-        let config = loaded.inspect_err(|_| {
-            telemetry::config_reload("error");
-        })?;
-        for warning in &config.warnings {
-            tracing::warn!("{}: {warning}", path.display());
-        }
-        let overrides = Overrides::load(&config.state_file).map_err(|message| {
-            vec![ConfigError {
-                file: path.to_path_buf(),
-                location: None,
-                path: "state_file".to_owned(),
-                message,
-            }]
-        })?;
-        for (route, kill) in &overrides.routes {
-            tracing::warn!(route, by = kill.by.as_str(), at = %kill.at, "route is killed: {}", kill.reason);
-        }
-        let mut carried = Carried::default();
-        let snapshot = Snapshot::build(config, 1, &mut carried, Arc::new(overrides));
-        snapshot.export_gauges();
-        telemetry::config_reload("success");
-        Ok(Control {
+        let control = Control {
             path: path.to_path_buf(),
-            live: Arc::new(LiveSnapshot::from_pointee(snapshot)),
+            live: Arc::new(LiveSnapshot::from_pointee(Snapshot::before_first_load())),
             flag_changes: tokio::sync::watch::Sender::new(FlagChange::default()),
-            watched: tokio::sync::watch::Sender::new(sources.paths()),
+            watched: tokio::sync::watch::Sender::new(Vec::new()),
             state: Mutex::new(ControlState {
-                sources,
+                sources: config::Sources::default(),
                 last_errors: None,
                 same_sources: false,
-                generation: 1,
-                carried,
+                generation: 0,
+                carried: Carried::default(),
                 last: LastReload {
                     at: SystemTime::now(),
                     trigger: "startup",
-                    result: Ok(1),
+                    result: Ok(0),
                 },
             }),
-        })
+        };
+        // A first load has read nothing before, so it is applied or rejected.
+        match control.reload("startup") {
+            ReloadOutcome::Rejected { errors } => Err(errors),
+            _ => Ok(control),
+        }
     }
 
     pub fn live(&self) -> Arc<LiveSnapshot> {
@@ -214,6 +200,8 @@ impl Control {
             result,
         };
         match &outcome {
+            // Startup reports for itself: the server logs what it serves, `main` the errors.
+            _ if trigger == "startup" => {}
             ReloadOutcome::Applied { generation, diff } => {
                 let summary = if diff.is_empty() {
                     "no routing or flag change".to_owned()
@@ -263,10 +251,36 @@ impl Control {
         };
         state.last_errors = None;
         let current = self.live.load_full();
-        let mut diff = describe_changes(&current.config, &config);
         for warning in &config.warnings {
             tracing::warn!(trigger, "{}: {warning}", self.path.display());
         }
+        if current.generation == 0 {
+            // The first load: runtime kills come from `state_file`; later loads keep them.
+            let overrides = match Overrides::load(&config.state_file) {
+                Ok(overrides) => overrides,
+                Err(message) => {
+                    let errors = vec![ConfigError {
+                        file: self.path.clone(),
+                        location: None,
+                        path: "state_file".to_owned(),
+                        message,
+                    }];
+                    state.last_errors = Some(errors.clone());
+                    return ReloadOutcome::Rejected { errors };
+                }
+            };
+            for (route, kill) in &overrides.routes {
+                tracing::warn!(route, by = kill.by.as_str(), at = %kill.at, "route is killed: {}", kill.reason);
+            }
+            state.generation = 1;
+            let snapshot = Snapshot::build(config, 1, &mut state.carried, Arc::new(overrides));
+            self.publish(snapshot);
+            return ReloadOutcome::Applied {
+                generation: 1,
+                diff: Vec::new(),
+            };
+        }
+        let mut diff = describe_changes(&current.config, &config);
         for (what, old, new) in [
             ("listen", current.config.listen, config.listen),
             (
@@ -298,7 +312,10 @@ impl Control {
         let snapshot = Arc::new(snapshot);
         let previous = self.live.swap(snapshot.clone());
         snapshot.export_gauges();
-        self.announce_flag_changes(&previous, &snapshot);
+        // Flag subscribers can only connect once the first load is done.
+        if previous.generation != 0 {
+            self.announce_flag_changes(&previous, &snapshot);
+        }
     }
 
     /// The files the config is read from (the config file and its `flags_file`), updated
@@ -400,11 +417,9 @@ impl Control {
         snapshot.export_gauges();
         self.announce_flag_changes(&current, &snapshot);
         if let Switch::Route = switch {
-            for name in &changed {
-                if let Some(index) = snapshot.route_index(name) {
-                    if snapshot.kills[index].is_some() {
-                        snapshot.runtime[index].kill_signal.send_modify(|n| *n += 1);
-                    }
+            for route in changed.iter().filter_map(|name| snapshot.route(name)) {
+                if route.kill.is_some() {
+                    route.runtime.kill_signal.send_modify(|n| *n += 1);
                 }
             }
         }
@@ -418,12 +433,33 @@ impl Control {
         Ok(OverrideOutcome { changed, persisted })
     }
 
-    /// Called by the guard from the request path: kills `route` unless it already is.
-    pub fn guard_trip(&self, route: &str, reason: String) -> bool {
-        let kill = Kill::now(KillSource::Guard, reason.clone());
-        match self.kill(Switch::Route, Some(&[route]), kill) {
+    /// Applies guard trips as the request path reports them, one at a time and off the
+    /// runtime's workers: each kill is published with one swap, then written to `state_file`.
+    pub async fn apply_trips(self: Arc<Self>, mut trips: TripReceiver) {
+        while let Some(trip) = trips.recv().await {
+            let control = self.clone();
+            if let Err(err) = tokio::task::spawn_blocking(move || control.guard_trip(trip)).await {
+                tracing::error!(error = %err, "applying a guard trip failed");
+            }
+        }
+    }
+
+    /// Kills the tripped route unless it already is (or is gone), then clears the trip mark
+    /// that held it on stable until now.
+    fn guard_trip(&self, trip: Trip) -> bool {
+        let kill = Kill::now(KillSource::Guard, trip.reason.clone());
+        let outcome = self.kill(Switch::Route, Some(&[&trip.route]), kill);
+        let current = self.live.load();
+        let route = current.route(&trip.route);
+        if let Some(route) = route {
+            route.runtime.trip_handled();
+        }
+        match outcome {
             Ok(outcome) if !outcome.changed.is_empty() => {
-                tracing::warn!(route, "guard tripped, route killed: {reason}");
+                if let Some(route) = route {
+                    route.telemetry.guard_trips.increment(1);
+                }
+                tracing::warn!(route = %trip.route, "guard tripped, route killed: {}", trip.reason);
                 true
             }
             _ => false,

@@ -9,6 +9,8 @@ use http::header::{
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::listener::Peer;
+
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -129,25 +131,6 @@ fn has_token(value: &HeaderValue, token: &str) -> bool {
                 .eq_ignore_ascii_case(token)
         })
     })
-}
-
-/// The client end of a connection, with its address rendered once per connection.
-#[derive(Clone, Debug)]
-pub struct Peer {
-    pub addr: std::net::SocketAddr,
-    /// The peer's IP as an `X-Forwarded-For` entry.
-    pub forwarded_for: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: std::net::SocketAddr) -> Peer {
-        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Peer {
-            addr,
-            forwarded_for,
-        }
-    }
 }
 
 /// Appends the peer to `X-Forwarded-For` and sets `X-Forwarded-Proto`/`-Host`. A trusted

@@ -1,16 +1,27 @@
-//! The request path, top to bottom: check the head → match a route → pick a backend →
-//! forward (with one fallback replay on stable) → record. It loads the live snapshot once per
-//! request and takes no lock; only a guard trip, once, goes to [`Control`].
+//! The request path, as phases over one per-request [`Exchange`]:
+//!
+//! 1. **check**: the head is well-formed enough to route ([`hygiene`], framing from the listener);
+//! 2. **match**: the first route whose conditions hold (one snapshot load per request);
+//! 3. **pick**: a backend by bucket, stable when killed or tripped;
+//! 4. **forward**: rewrite the head ([`headers`]) and send it, replaying once on stable when a
+//!    non-stable backend cannot be reached;
+//! 5. **respond**: hop-by-hop removal, WebSocket tunnel, a body the kill switch can cut;
+//! 6. **record**: status, latency and window for the backend that served, then the guard.
+//!
+//! A new capability attaches to one phase: a shadow copy to *forward*, an access-log line to
+//! *record*. Nothing here takes a lock, touches a disk or waits for the control plane: a guard
+//! trip is a message to it.
 
 pub mod body;
 pub mod headers;
 pub mod hygiene;
 pub mod pool;
 pub mod routing;
+pub mod tunnel;
 pub mod upstream;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
@@ -18,16 +29,16 @@ use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper::upgrade::OnUpgrade;
 
-use crate::control::Control;
+use crate::control::guard::TripSender;
 use crate::error::ProxyError;
-use crate::proxy::body::ResponseBody;
-use crate::proxy::routing::{PathMatch, RequestHead};
-use crate::proxy::upstream::{Upstream, UpstreamBody};
-use crate::snapshot::{LiveSnapshot, RouteRuntime, Snapshot, Target};
-use headers::Peer;
+use crate::listener::Peer;
+use crate::snapshot::{LiveRoute, LiveSnapshot, LiveTarget, Snapshot};
+use body::ResponseBody;
 use hygiene::{Addressed, Rejection};
+use routing::RequestHead;
+use upstream::{Upstream, UpstreamBody};
 
 static X_CUTOVER_ERROR: http::HeaderName = http::HeaderName::from_static("x-cutover-error");
 static X_CUTOVER_FALLBACK: http::HeaderName = http::HeaderName::from_static("x-cutover-fallback");
@@ -37,27 +48,48 @@ const MAX_REPLAY_BODY: u64 = 64 * 1024;
 
 pub struct Proxy {
     live: Arc<LiveSnapshot>,
-    control: Arc<Control>,
+    /// Guard trips go to the control plane, which publishes the kill and persists it.
+    trips: TripSender,
 }
 
-/// What the request path decided, carried from pick to record.
-struct Decision {
+/// One request's way through the phases, filled in as they run; [`Proxy::record`] consumes it.
+struct Exchange {
+    started: Instant,
+    /// The one view of the config this request uses from start to end.
+    snapshot: Arc<Snapshot>,
+    /// Index into `snapshot.routes`.
     route: usize,
+    /// Index into the route's targets: the backend picked, then the one that served (stable
+    /// after a fallback).
     target: usize,
-    /// Bytes of the path the route's prefix covers, removed before forwarding.
-    strip: usize,
+    /// Served by a replay on stable after the picked backend could not be reached.
+    fell_back: bool,
+}
+
+impl Exchange {
+    fn route(&self) -> &LiveRoute {
+        &self.snapshot.routes[self.route]
+    }
+
+    fn target(&self) -> &LiveTarget {
+        &self.route().targets[self.target]
+    }
+}
+
+/// How an attempt at a backend ended.
+#[derive(Clone, Copy)]
+enum Outcome<'a> {
+    Answered(StatusCode),
+    Failed(&'a ProxyError),
 }
 
 impl Proxy {
-    pub fn new(control: Arc<Control>) -> Proxy {
-        Proxy {
-            live: control.live(),
-            control,
-        }
+    pub fn new(live: Arc<LiveSnapshot>, trips: TripSender) -> Proxy {
+        Proxy { live, trips }
     }
 
     /// Serves one request from `peer`. `ambiguous_framing`: the raw head had conflicting
-    /// length fields that hyper resolved on its own (see `framing`).
+    /// length fields that hyper resolved on its own (see `listener::framing`).
     pub async fn handle(
         &self,
         mut req: Request<Incoming>,
@@ -65,31 +97,26 @@ impl Proxy {
         ambiguous_framing: bool,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
-        if ambiguous_framing {
-            return reject(Rejection::AmbiguousFraming);
-        }
-        let snapshot = self.live.load_full();
-        let addressed = match hygiene::inspect(&req) {
+
+        // Check.
+        let addressed = match check(&req, ambiguous_framing) {
             Ok(addressed) => addressed,
             Err(rejection) => return reject(rejection),
         };
-        let trusted = &snapshot.config.trusted_proxies;
-        let peer_ip = peer.addr.ip();
-        let client_ip = headers::client_ip(peer_ip, req.headers(), trusted);
 
         // Match and pick.
-        let host = addressed.as_ref().map(Addressed::host);
-        let Some(decision) = decide(&snapshot, &req, host, client_ip) else {
+        let snapshot = self.live.load_full();
+        let trusted = &snapshot.config.trusted_proxies;
+        let peer_trusted = headers::is_trusted(peer.addr.ip(), trusted);
+        let client_ip = headers::client_ip(peer.addr.ip(), req.headers(), trusted);
+        let Some(mut exchange) = pick(snapshot, &req, addressed.as_ref(), client_ip, started)
+        else {
             return local(
                 StatusCode::NOT_FOUND,
                 "no-route",
                 "cutover: no route\n".to_owned(),
             );
         };
-        let route = &snapshot.routes.routes[decision.route];
-        let spec = &snapshot.config.routes[decision.route];
-        let upstream = &snapshot.upstreams[route.targets[decision.target].backend];
-        let stable = decision.target == 0;
 
         // Forward.
         let upgrade = if req.version() == Version::HTTP_11 {
@@ -98,222 +125,255 @@ impl Proxy {
             None
         };
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        if let Some(upgrade) = upgrade.clone() {
-            headers::restore_upgrade(&mut parts.headers, upgrade);
-        }
-        if let Some(addressed) = addressed.as_ref().filter(|a| a.from_target) {
-            // Absolute-form and HTTP/2 requests name their host in the target, not `Host`.
-            parts.headers.insert(HOST, addressed.value.clone());
-        }
-        headers::set_forwarded(
-            &mut parts.headers,
+        let (mut head, body) = req.into_parts();
+        rewrite_head(
+            &mut head,
+            upgrade.clone(),
+            addressed.as_ref(),
             &peer,
-            addressed.as_ref().map(|a| &a.value),
-            headers::is_trusted(peer_ip, trusted),
+            peer_trusted,
         );
-        headers::ensure_request_id(&mut parts.headers);
-
-        let replayable = spec.fallback && !stable && upgrade.is_none() && is_replayable(&parts);
-        let result = if replayable {
-            let body = match Limited::new(body, MAX_REPLAY_BODY as usize).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                Err(_) => {
-                    return local(
-                        StatusCode::BAD_REQUEST,
-                        "client-body",
-                        "cutover: request body failed\n".to_owned(),
-                    )
-                }
-            };
-            self.send_with_fallback(&snapshot, &decision, parts, body, started)
-                .await
-        } else {
-            match outbound(upstream, parts, decision.strip, Either::Left(body)) {
-                Ok(request) => upstream
-                    .send(request)
-                    .await
-                    .map(|r| (r, decision.target, false))
-                    .map_err(|err| (err, decision.target)),
-                Err(response) => return response,
-            }
-        };
-
-        // Record.
-        let (mut response, served_by, fell_back) = match result {
-            Ok(served) => served,
-            Err((err, failed)) => {
-                let failed_decision = Decision {
-                    target: failed,
-                    ..decision
-                };
-                self.record_failure(&snapshot, &failed_decision, started, &err);
-                let backend = &snapshot.upstreams[route.targets[failed].backend].name;
-                return upstream_error(&route.name, backend, &err);
-            }
-        };
-        let status = response.status();
-        let served = &snapshot.targets[decision.route][served_by];
-        let served_upstream = &snapshot.upstreams[route.targets[served_by].backend];
-        if has_ambiguous_framing(response.headers())
-            || (status == StatusCode::SWITCHING_PROTOCOLS && client_upgrade.is_none())
+        let response = match self
+            .forward(&mut exchange, head, body, upgrade.is_some())
+            .await
+            .and_then(|response| valid_response(response, client_upgrade.is_some()))
         {
-            let err = ProxyError::Protocol(if status == StatusCode::SWITCHING_PROTOCOLS {
-                "101 to a request that asked for no upgrade".into()
-            } else {
-                "response with ambiguous framing".into()
-            });
-            self.record_failure(
-                &snapshot,
-                &Decision {
-                    target: served_by,
-                    ..decision
-                },
-                started,
-                &err,
-            );
-            return upstream_error(&route.name, &served_upstream.name, &err);
-        }
-        let now = Instant::now();
-        let elapsed = now - started;
-        served.telemetry.response(status, elapsed);
-        served
-            .window
-            .record_at(now, elapsed, status.is_server_error());
-        if status.is_server_error() {
-            self.check_guard(&snapshot, decision.route, served_by);
-        }
+            Ok(response) => response,
+            Err(err) => return self.fail(exchange, &err),
+        };
 
-        let runtime = &snapshot.runtime[decision.route];
-        let grace = snapshot.config.kill_grace;
-        // Only a 101 needs its Upgrade value, and stripping hop-by-hop headers removes it.
-        let response_upgrade = (status == StatusCode::SWITCHING_PROTOCOLS)
-            .then(|| response.headers().get(UPGRADE).cloned())
-            .flatten();
-        headers::strip_hop_by_hop(response.headers_mut());
-        if status == StatusCode::SWITCHING_PROTOCOLS {
-            if let (Some(client_upgrade), Some(value)) =
-                (client_upgrade, response_upgrade.or(upgrade))
-            {
-                let backend_upgrade = hyper::upgrade::on(&mut response);
-                let cut = (served_by != 0).then(|| cut_on_kill(runtime, grace));
-                tokio::spawn(tunnel(client_upgrade, backend_upgrade, cut));
-                headers::restore_upgrade(response.headers_mut(), value);
-            }
-        }
-        if fell_back {
-            response
-                .headers_mut()
-                .insert(X_CUTOVER_FALLBACK.clone(), HeaderValue::from_static("1"));
-        }
-        response.map(|body| {
-            if served_by == 0 {
-                ResponseBody::Relayed(body)
-            } else {
-                ResponseBody::Cuttable {
-                    inner: body,
-                    cut: Box::pin(cut_on_kill(runtime, grace)),
-                }
-            }
-        })
+        // Respond, then record.
+        let status = response.status();
+        let response = respond(&exchange, response, upgrade, client_upgrade);
+        self.record(exchange, Outcome::Answered(status));
+        response
     }
 
-    /// Sends a buffered request to its non-stable backend and, if that backend was never
-    /// reached, once more to stable. Returns the response and the target that served it, or
-    /// the error and the target that failed.
-    async fn send_with_fallback(
+    /// Sends the request to the picked backend. A non-stable backend that cannot be reached
+    /// gets an idempotent, small request replayed once on stable (`fallback: true`).
+    async fn forward(
         &self,
-        snapshot: &Snapshot,
-        decision: &Decision,
-        parts: Parts,
-        body: Bytes,
-        started: Instant,
-    ) -> Result<(Response<Incoming>, usize, bool), (ProxyError, usize)> {
-        let route = &snapshot.routes.routes[decision.route];
-        let upstream = &snapshot.upstreams[route.targets[decision.target].backend];
-        let invalid = |_| {
-            (
-                ProxyError::Protocol("invalid target".into()),
-                decision.target,
-            )
-        };
+        exchange: &mut Exchange,
+        head: Parts,
+        body: Incoming,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let route = exchange.route();
+        let strip = route.strip;
+        let replayable = route.fallback && exchange.target != 0 && !upgrade && is_replayable(&head);
+        if !replayable {
+            let upstream = &exchange.target().backend;
+            let request = outbound(upstream, head, strip, Either::Left(body))?;
+            return upstream.send(request).await;
+        }
+        let body = Limited::new(body, MAX_REPLAY_BODY as usize)
+            .collect()
+            .await
+            .map_err(|_| ProxyError::ClientBody)?
+            .to_bytes();
+        let upstream = &exchange.target().backend;
         let first = outbound(
             upstream,
-            copy_head(&parts),
-            decision.strip,
+            copy_head(&head),
+            strip,
             Either::Right(Full::new(body.clone())),
-        )
-        .map_err(invalid)?;
+        )?;
         let err = match upstream.send(first).await {
-            Ok(response) => return Ok((response, decision.target, false)),
+            Ok(response) => return Ok(response),
             Err(err) if err.allows_fallback() => err,
-            Err(err) => return Err((err, decision.target)),
+            Err(err) => return Err(err),
         };
         // Count the failure where it happened, then replay on stable.
-        self.record_failure(snapshot, decision, started, &err);
-        snapshot.route_telemetry[decision.route]
-            .fallbacks
-            .increment(1);
-        tracing::debug!(route = %route.name, backend = %upstream.name, error = ?err, "falling back to stable");
-        let stable = &snapshot.upstreams[route.targets[0].backend];
-        let replay = outbound(
-            stable,
-            parts,
-            decision.strip,
-            Either::Right(Full::new(body)),
-        )
-        .map_err(invalid)?;
-        match stable.send(replay).await {
-            Ok(response) => Ok((response, 0, true)),
-            Err(err) => Err((err, 0)),
-        }
+        self.observe(exchange, exchange.target, Outcome::Failed(&err));
+        exchange.route().telemetry.fallbacks.increment(1);
+        tracing::debug!(route = %exchange.route().name, backend = %upstream.name, error = ?err, "falling back to stable");
+        exchange.target = 0;
+        exchange.fell_back = true;
+        let stable = &exchange.target().backend;
+        let replay = outbound(stable, head, strip, Either::Right(Full::new(body)))?;
+        stable.send(replay).await
     }
 
-    fn record_failure(
-        &self,
-        snapshot: &Snapshot,
-        decision: &Decision,
-        started: Instant,
-        err: &ProxyError,
-    ) {
-        let target: &Target = &snapshot.targets[decision.route][decision.target];
+    /// Answers a failed exchange with cutover's own error, and records it.
+    fn fail(&self, exchange: Exchange, err: &ProxyError) -> Response<ResponseBody> {
+        let response = upstream_error(&exchange.route().name, &exchange.target().backend.name, err);
+        self.record(exchange, Outcome::Failed(err));
+        response
+    }
+
+    /// The last phase: the exchange's outcome is counted for the backend that served it.
+    fn record(&self, exchange: Exchange, outcome: Outcome<'_>) {
+        self.observe(&exchange, exchange.target, outcome);
+    }
+
+    /// Counts one attempt at `target`: metrics, the live window and, after an error, the guard.
+    /// A failure the client caused is counted by status only: it says nothing of the backend.
+    fn observe(&self, exchange: &Exchange, target: usize, outcome: Outcome<'_>) {
+        let route = exchange.route();
+        let served = &route.targets[target];
         let now = Instant::now();
-        let elapsed = now - started;
-        match err.reason() {
-            Some(reason) => {
-                target.telemetry.failure(reason, elapsed);
-                target.window.record_at(now, elapsed, true);
-                self.check_guard(snapshot, decision.route, decision.target);
+        let elapsed = now - exchange.started;
+        let failed = match outcome {
+            Outcome::Answered(status) => {
+                served.telemetry.response(status, elapsed);
+                status.is_server_error()
             }
-            None => target.telemetry.response(err.status(), elapsed),
+            Outcome::Failed(err) => match err.reason() {
+                Some(reason) => {
+                    served.telemetry.failure(reason, elapsed);
+                    true
+                }
+                None => {
+                    served.telemetry.response(err.status(), elapsed);
+                    return;
+                }
+            },
+        };
+        served.window.record_at(now, elapsed, failed);
+        if failed {
+            self.check_guard(route, target);
         }
     }
 
-    /// After an error from a non-stable backend: kill the route if its guard says so.
-    fn check_guard(&self, snapshot: &Snapshot, route: usize, target: usize) {
-        let spec = &snapshot.config.routes[route];
-        let Some(guard) = &spec.guard else { return };
-        if target == 0 || snapshot.kills[route].is_some() {
+    /// After an error from a non-stable backend: if the guard trips, the route sends the very
+    /// next request to stable, and the control plane is told to publish and persist the kill.
+    fn check_guard(&self, route: &LiveRoute, target: usize) {
+        let Some(guard) = &route.guard else { return };
+        if target == 0 || route.is_killed() {
             return;
         }
-        let (requests, errors) = snapshot.targets[route][target].window.counts();
-        if requests < guard.min_requests
-            || (errors as f64) * 100.0 <= guard.max_error_rate * requests as f64
-        {
-            return;
-        }
-        let backend = &snapshot.config.backends[spec.split[target].0].name;
-        let reason = format!(
-            "guard: {backend} {:.1}% errors > {}% over {} ({errors} of {requests} requests)",
-            errors as f64 * 100.0 / requests as f64,
-            guard.max_error_rate,
-            humantime::format_duration(guard.window),
-        );
-        if self.control.guard_trip(&spec.name, reason) {
-            snapshot.route_telemetry[route].guard_trips.increment(1);
+        let target = &route.targets[target];
+        if let Some(trip) = guard.observe(&route.name, &target.backend.name, &target.window) {
+            if route.runtime.trip() && self.trips.send(trip).is_err() {
+                tracing::error!(route = %route.name, "guard tripped but the control plane is gone");
+            }
         }
     }
+}
+
+/// The check phase: a request whose framing or addressing is ambiguous is never routed.
+fn check(req: &Request<Incoming>, ambiguous_framing: bool) -> Result<Option<Addressed>, Rejection> {
+    if ambiguous_framing {
+        return Err(Rejection::AmbiguousFraming);
+    }
+    hygiene::inspect(req)
+}
+
+/// The match and pick phases. Allocates nothing.
+fn pick(
+    snapshot: Arc<Snapshot>,
+    req: &Request<Incoming>,
+    addressed: Option<&Addressed>,
+    client_ip: std::net::IpAddr,
+    started: Instant,
+) -> Option<Exchange> {
+    let head = RequestHead {
+        method: req.method(),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        host: addressed.map(Addressed::host),
+        headers: req.headers(),
+        client_ip,
+    };
+    let route = snapshot.find_route(&head)?;
+    let target = snapshot.routes[route].pick(&head);
+    Some(Exchange {
+        started,
+        snapshot,
+        route,
+        target,
+        fell_back: false,
+    })
+}
+
+/// The head as the backend must see it: hop-by-hop fields removed (a WebSocket `Upgrade`
+/// kept), `Host` from the target when the client named it there, `X-Forwarded-*`, a request id.
+fn rewrite_head(
+    head: &mut Parts,
+    upgrade: Option<HeaderValue>,
+    addressed: Option<&Addressed>,
+    peer: &Peer,
+    peer_trusted: bool,
+) {
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(upgrade) = upgrade {
+        headers::restore_upgrade(&mut head.headers, upgrade);
+    }
+    if let Some(addressed) = addressed.filter(|a| a.from_target) {
+        // Absolute-form and HTTP/2 requests name their host in the target, not `Host`.
+        head.headers.insert(HOST, addressed.value.clone());
+    }
+    headers::set_forwarded(
+        &mut head.headers,
+        peer,
+        addressed.map(|a| &a.value),
+        peer_trusted,
+    );
+    headers::ensure_request_id(&mut head.headers);
+}
+
+/// A backend's response that could be read two ways, or a 101 nobody asked for, must not be
+/// relayed in either reading.
+fn valid_response(
+    response: Response<Incoming>,
+    asked_upgrade: bool,
+) -> Result<Response<Incoming>, ProxyError> {
+    let headers = response.headers();
+    if headers.contains_key(http::header::TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
+    {
+        return Err(ProxyError::Protocol(
+            "response with ambiguous framing".into(),
+        ));
+    }
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS && !asked_upgrade {
+        return Err(ProxyError::Protocol(
+            "101 to a request that asked for no upgrade".into(),
+        ));
+    }
+    Ok(response)
+}
+
+/// The respond phase: the backend's response as the client gets it. A 101 starts the tunnel;
+/// anything from a non-stable backend can be cut by a kill after `kill_grace`.
+fn respond(
+    exchange: &Exchange,
+    mut response: Response<Incoming>,
+    upgrade: Option<HeaderValue>,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ResponseBody> {
+    let route = exchange.route();
+    let stable = exchange.target == 0;
+    let grace = exchange.snapshot.config.kill_grace;
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    // Only a 101 needs its Upgrade value, and stripping hop-by-hop headers removes it.
+    let response_upgrade = switching
+        .then(|| response.headers().get(UPGRADE).cloned())
+        .flatten();
+    headers::strip_hop_by_hop(response.headers_mut());
+    if switching {
+        if let (Some(client_upgrade), Some(value)) = (client_upgrade, response_upgrade.or(upgrade))
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            let cut = (!stable).then(|| tunnel::cut_on_kill(&route.runtime.kill_signal, grace));
+            tokio::spawn(tunnel::tunnel(client_upgrade, backend_upgrade, cut));
+            headers::restore_upgrade(response.headers_mut(), value);
+        }
+    }
+    if exchange.fell_back {
+        response
+            .headers_mut()
+            .insert(X_CUTOVER_FALLBACK.clone(), HeaderValue::from_static("1"));
+    }
+    response.map(|body| {
+        if stable {
+            ResponseBody::Relayed(body)
+        } else {
+            ResponseBody::Cuttable {
+                inner: body,
+                cut: Box::pin(tunnel::cut_on_kill(&route.runtime.kill_signal, grace)),
+            }
+        }
+    })
 }
 
 /// Idempotent, not an upgrade, and a body small enough to keep for a replay.
@@ -335,20 +395,15 @@ fn is_replayable(parts: &Parts) -> bool {
 }
 
 /// The request to send to `upstream`: the client's head, rewritten, with `body`.
-#[allow(clippy::result_large_err)]
 fn outbound(
     upstream: &Upstream,
     mut head: Parts,
     strip: usize,
     body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, Response<ResponseBody>> {
-    head.uri = upstream.uri_for(&head.uri, strip).map_err(|_| {
-        local(
-            StatusCode::BAD_REQUEST,
-            "bad-target",
-            "cutover: invalid request target\n".to_owned(),
-        )
-    })?;
+) -> Result<Request<UpstreamBody>, ProxyError> {
+    head.uri = upstream
+        .uri_for(&head.uri, strip)
+        .map_err(|_| ProxyError::BadTarget)?;
     head.version = upstream.version();
     Ok(Request::from_parts(head, body))
 }
@@ -361,87 +416,6 @@ fn copy_head(parts: &Parts) -> Parts {
     copy.version = parts.version;
     copy.headers = parts.headers.clone();
     copy
-}
-
-/// A response that could be read two ways must not be relayed in either.
-fn has_ambiguous_framing(headers: &http::HeaderMap) -> bool {
-    headers.contains_key(http::header::TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
-}
-
-/// Match a route and pick a backend. Allocates nothing.
-fn decide(
-    snapshot: &Snapshot,
-    req: &Request<Incoming>,
-    host: Option<&str>,
-    client_ip: std::net::IpAddr,
-) -> Option<Decision> {
-    let head = RequestHead {
-        method: req.method(),
-        path: req.uri().path(),
-        query: req.uri().query(),
-        host,
-        headers: req.headers(),
-        client_ip,
-    };
-    let route_index = snapshot.routes.find(&head)?;
-    let route = &snapshot.routes.routes[route_index];
-    let strip = match (&route.matcher.path, route.strip_prefix) {
-        (Some(PathMatch::Prefix(prefix)), true) if prefix != "/" => prefix.len(),
-        _ => 0,
-    };
-    Some(Decision {
-        route: route_index,
-        target: route.pick(&head, snapshot.kills[route_index].is_some()),
-        strip,
-    })
-}
-
-/// Resolves `grace` after the route's next kill; never, if it is not killed.
-fn cut_on_kill(
-    runtime: &RouteRuntime,
-    grace: Duration,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
-    let mut kills = runtime.kill_signal.subscribe();
-    async move {
-        if kills.changed().await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    }
-}
-
-/// Relays bytes both ways once client and backend have both switched protocols, until
-/// either side closes or `cut` resolves.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    backend: hyper::upgrade::OnUpgrade,
-    cut: Option<impl std::future::Future<Output = ()>>,
-) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
-        Err(err) => {
-            tracing::debug!(error = %err, "upgrade failed");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    let relay = tokio::io::copy_bidirectional(&mut client, &mut backend);
-    let cut = async {
-        match cut {
-            Some(cut) => cut.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        result = relay => {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "tunnel closed with an error");
-            }
-        }
-        () = cut => tracing::info!("closing a tunnel to a killed route's backend after kill_grace"),
-    }
 }
 
 fn upstream_error(route: &str, backend: &str, err: &ProxyError) -> Response<ResponseBody> {

@@ -1,17 +1,12 @@
-//! The route table: match a request to a route, then pick a backend by bucket.
+//! What routing reads in a request: whether a route's match conditions hold, and which bucket
+//! the request falls in (its sticky key's, see [`crate::bucket`], or a uniform random one).
+//! A route's compiled form, which maps buckets to backends, is [`crate::snapshot::LiveRoute`].
 //!
-//! Bucketing is public contract, so other tools can predict assignments: a sticky request's
-//! bucket is `(murmur3_x86_32(route_name ++ key, seed 0) as u64 * 10_000) >> 32`, the integer
-//! scheme flagd uses for `fractional`. Bucket ranges are laid out stable backend first, then
-//! the others in file order, so raising a new backend's share only moves users toward it.
-//! A request without a sticky key gets a uniform random bucket.
-//!
-//! Nothing here allocates or locks: the table is immutable data inside a snapshot.
+//! Nothing here allocates or locks.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use http::header::{HeaderName, COOKIE};
 use http::{HeaderMap, HeaderValue, Method};
@@ -145,75 +140,12 @@ impl Matcher {
     }
 }
 
-/// Every route in file order; the first that matches wins.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    pub routes: Vec<Route>,
-}
-
-impl RouteTable {
-    /// Index of the first route matching `req`.
-    pub fn find(&self, req: &RequestHead<'_>) -> Option<usize> {
-        self.routes.iter().position(|r| r.matcher.matches(req))
-    }
-}
-
-/// One backend's share of a route: it owns buckets `[previous upper, upper)`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SplitTarget {
-    /// Index into the snapshot's backends.
-    pub backend: usize,
-    pub upper: u16,
-}
-
-/// A compiled route. `targets[0]` is the stable backend.
-#[derive(Debug)]
-pub struct Route {
-    pub name: Arc<str>,
-    pub matcher: Matcher,
-    pub targets: Vec<SplitTarget>,
-    pub sticky: Option<StickySource>,
-    pub strip_prefix: bool,
-}
-
-impl Route {
-    /// Builds the bucket ranges from `(backend, basis points)` pairs, stable first.
-    pub fn targets_from_split(split: &[(usize, u32)]) -> Vec<SplitTarget> {
-        let mut upper = 0u32;
-        split
-            .iter()
-            .map(|&(backend, share)| {
-                upper = (upper + share).min(BUCKETS);
-                SplitTarget {
-                    backend,
-                    upper: upper as u16,
-                }
-            })
-            .collect()
-    }
-
-    /// Index into `targets` of the backend that serves this request. A killed route sends
-    /// everything to stable.
-    pub fn pick(&self, req: &RequestHead<'_>, killed: bool) -> usize {
-        if killed {
-            return 0;
-        }
-        let bucket = match &self.sticky {
-            Some(source) => match sticky_bucket(&self.name, source, req) {
-                Some(bucket) => bucket,
-                None => random_bucket(),
-            },
-            None => random_bucket(),
-        };
-        self.target_for_bucket(bucket)
-    }
-
-    pub fn target_for_bucket(&self, bucket: u16) -> usize {
-        self.targets
-            .iter()
-            .position(|t| bucket < t.upper)
-            .unwrap_or(0)
-    }
+/// The bucket a request falls in on route `name`: from its sticky key when it has one,
+/// otherwise uniformly random.
+pub fn request_bucket(name: &str, sticky: Option<&StickySource>, req: &RequestHead<'_>) -> u16 {
+    sticky
+        .and_then(|source| sticky_bucket(name, source, req))
+        .unwrap_or_else(random_bucket)
 }
 
 fn sticky_bucket(route: &str, source: &StickySource, req: &RequestHead<'_>) -> Option<u16> {
@@ -268,7 +200,6 @@ fn random_bucket() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
 
     fn head<'a>(method: &'a Method, path: &'a str, headers: &'a HeaderMap) -> RequestHead<'a> {
         RequestHead {
@@ -358,54 +289,5 @@ mod tests {
         assert_eq!(cookie_value(&headers, "u"), None);
         assert_eq!(query_value("x=1&uid=u42", "uid"), Some(&b"u42"[..]));
         assert_eq!(query_value("uidx=1&uid=", "uid"), None);
-    }
-
-    fn two_way(new_share: u32) -> Route {
-        Route {
-            name: "payments".into(),
-            matcher: Matcher::default(),
-            targets: Route::targets_from_split(&[(0, BUCKETS - new_share), (1, new_share)]),
-            sticky: Some(StickySource::Header(HeaderName::from_static("x-user-id"))),
-            strip_prefix: false,
-        }
-    }
-
-    fn backend_for(route: &Route, key: &str) -> usize {
-        backend_for_killed(route, key, false)
-    }
-
-    fn backend_for_killed(route: &Route, key: &str, killed: bool) -> usize {
-        let mut headers = HeaderMap::new();
-        headers.insert("x-user-id", HeaderValue::from_str(key).unwrap());
-        let target = route.pick(&head(&Method::GET, "/", &headers), killed);
-        route.targets[target].backend
-    }
-
-    #[test]
-    fn kill_sends_everything_to_stable() {
-        let route = two_way(BUCKETS);
-        assert_eq!(backend_for(&route, "anyone"), 1);
-        assert_eq!(backend_for_killed(&route, "anyone", true), 0);
-    }
-
-    proptest! {
-        /// Raising the new backend's share never moves a user back to stable.
-        #[test]
-        fn ramp_is_monotonic(keys in prop::collection::vec("[a-z0-9]{1,16}", 1..50),
-                             a in 0u32..=BUCKETS, b in 0u32..=BUCKETS) {
-            let (low, high) = (a.min(b), a.max(b));
-            let (before, after) = (two_way(low), two_way(high));
-            for key in &keys {
-                if backend_for(&before, key) == 1 {
-                    prop_assert_eq!(backend_for(&after, key), 1);
-                }
-            }
-        }
-
-        #[test]
-        fn same_key_same_backend(key in "[a-zA-Z0-9-]{1,32}", share in 0u32..=BUCKETS) {
-            let route = two_way(share);
-            prop_assert_eq!(backend_for(&route, &key), backend_for(&route, &key));
-        }
     }
 }

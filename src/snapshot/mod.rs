@@ -1,9 +1,12 @@
 //! The live configuration: one immutable [`Snapshot`] behind one `ArcSwap`.
 //!
 //! A reload or a kill builds a complete snapshot off the request path and stores it with a
-//! single swap; a request loads it once and uses that one view from start to end. A kill
-//! shares everything with the snapshot before it except the kill table. Nothing here takes a
-//! lock on the request path.
+//! single swap; a request loads it once and uses that one view from start to end. Each route
+//! is compiled into one [`LiveRoute`]. State that must outlive a snapshot (connection pools,
+//! window stats, kill signals, flag counts) is [`Carried`] from one build to the next by name.
+//! Nothing here takes a lock on the request path.
+
+mod route;
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -11,15 +14,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
 
-use crate::bucket::BUCKETS;
-use crate::config::Config;
+use crate::config::{Config, RouteSpec};
+use crate::control::guard::Guard;
 use crate::control::overrides::{Kill, Overrides};
 use crate::control::window::WindowStats;
-use crate::proxy::routing::{Route, RouteTable};
-use crate::proxy::upstream::{Upstream, UpstreamCache};
+use crate::proxy::routing::RequestHead;
+use crate::proxy::upstream::UpstreamCache;
 use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
+
+pub use route::{strip_len, upper_buckets, LiveRoute, LiveTarget, RouteRuntime};
 
 /// Monotonic number of a successfully loaded config.
 pub type Generation = u64;
@@ -27,43 +31,25 @@ pub type Generation = u64;
 /// Window for live stats of a route without a guard.
 pub const DEFAULT_STATS_WINDOW: Duration = Duration::from_secs(60);
 
-/// Per route state that outlives snapshots (kept by name across reloads).
-pub struct RouteRuntime {
-    /// Bumped on every kill; long-lived streams to non-stable backends watch it.
-    pub kill_signal: watch::Sender<u64>,
-}
-
-/// What the request path needs for one backend of one route.
-pub struct Target {
-    pub telemetry: TargetTelemetry,
-    pub window: Arc<WindowStats>,
-}
-
 pub struct Snapshot {
     pub generation: Generation,
+    /// Settings outside the routes (listeners, flags, `kill_grace`…), for whoever needs them.
     pub config: Arc<Config>,
-    pub routes: Arc<RouteTable>,
-    /// Indexed like `config.backends`.
-    pub upstreams: Arc<[Arc<Upstream>]>,
-    /// Per route, per target (indexed like `routes.routes[i].targets`).
-    pub targets: Arc<[Box<[Target]>]>,
-    pub route_telemetry: Arc<[RouteTelemetry]>,
+    /// In file order: the first match wins.
+    pub routes: Arc<[LiveRoute]>,
     /// Indexed like `config.flags`.
     pub flag_telemetry: Arc<[FlagTelemetry]>,
-    pub runtime: Arc<[Arc<RouteRuntime>]>,
-    /// The kill in force per route, from YAML or a runtime override.
-    pub kills: Arc<[Option<Kill>]>,
     pub overrides: Arc<Overrides>,
 }
 
 pub type LiveSnapshot = ArcSwap<Snapshot>;
 
-/// State kept across snapshots: connection pools, window stats, kill signals.
+/// State kept across snapshots: connection pools, window stats, kill signals, flag counts.
 #[derive(Default)]
 pub struct Carried {
     pub upstreams: UpstreamCache,
     windows: HashMap<(Arc<str>, Arc<str>, Duration), Arc<WindowStats>>,
-    runtime: HashMap<String, Arc<RouteRuntime>>,
+    runtime: HashMap<Arc<str>, Arc<RouteRuntime>>,
     /// Evaluation counts by flag key and variant name.
     flag_served: HashMap<(String, String), Arc<AtomicU64>>,
 }
@@ -75,152 +61,167 @@ impl Snapshot {
         carried: &mut Carried,
         overrides: Arc<Overrides>,
     ) -> Snapshot {
-        let upstreams: Arc<[Arc<Upstream>]> = carried.upstreams.build(&config.backends).into();
-        let backend_names: Vec<Arc<str>> = upstreams.iter().map(|u| u.name.clone()).collect();
+        let upstreams = carried.upstreams.build(&config.backends);
         let mut windows = HashMap::new();
         let mut runtimes = HashMap::new();
-        let mut targets = Vec::with_capacity(config.routes.len());
-        let mut route_telemetry = Vec::with_capacity(config.routes.len());
-        let mut runtime = Vec::with_capacity(config.routes.len());
         let routes = config
             .routes
             .iter()
             .map(|spec| {
                 let name: Arc<str> = spec.name.as_str().into();
+                let runtime = carried.runtime.get(&name).cloned().unwrap_or_default();
+                runtimes.insert(name.clone(), runtime.clone());
                 let window = spec
                     .guard
                     .as_ref()
                     .map_or(DEFAULT_STATS_WINDOW, |g| g.window);
-                targets.push(
-                    spec.split
-                        .iter()
-                        .map(|&(backend, _)| {
-                            let backend = &backend_names[backend];
-                            let key = (name.clone(), backend.clone(), window);
-                            let stats = carried
-                                .windows
-                                .get(&key)
-                                .cloned()
-                                .unwrap_or_else(|| Arc::new(WindowStats::new(window)));
-                            windows.insert(key, stats.clone());
-                            Target {
-                                telemetry: TargetTelemetry::new(&name, backend),
-                                window: stats,
-                            }
-                        })
-                        .collect(),
-                );
-                route_telemetry.push(RouteTelemetry::new(&name));
-                let route_runtime = carried.runtime.get(&spec.name).cloned().unwrap_or_else(|| {
-                    Arc::new(RouteRuntime {
-                        kill_signal: watch::Sender::new(0),
+                let targets = spec
+                    .split
+                    .iter()
+                    .zip(upper_buckets(spec.split.iter().map(|&(_, share)| share)))
+                    .map(|(&(backend, share), upper_bucket)| {
+                        let backend = upstreams[backend].clone();
+                        let key = (name.clone(), backend.name.clone(), window);
+                        let stats = carried
+                            .windows
+                            .get(&key)
+                            .cloned()
+                            .unwrap_or_else(|| Arc::new(WindowStats::new(window)));
+                        windows.insert(key, stats.clone());
+                        LiveTarget {
+                            telemetry: TargetTelemetry::new(&name, &backend.name),
+                            backend,
+                            share,
+                            upper_bucket,
+                            window: stats,
+                        }
                     })
-                });
-                runtimes.insert(spec.name.clone(), route_runtime.clone());
-                runtime.push(route_runtime);
-                Route {
-                    name,
+                    .collect();
+                LiveRoute {
                     matcher: spec.matcher.clone(),
-                    targets: Route::targets_from_split(&spec.split),
                     sticky: spec.sticky.clone(),
-                    strip_prefix: spec.strip_prefix,
+                    strip: strip_len(&spec.matcher, spec.strip_prefix),
+                    fallback: spec.fallback,
+                    guard: spec.guard.as_ref().map(Guard::from),
+                    killed_in_config: spec.kill,
+                    kill: kill_of(spec, &overrides),
+                    telemetry: RouteTelemetry::new(&name),
+                    runtime,
+                    targets,
+                    name,
                 }
             })
             .collect();
         carried.windows = windows;
         carried.runtime = runtimes;
-        let kills = kills_for(&config, &overrides);
-        let mut flag_served = HashMap::new();
-        let flag_telemetry = config
-            .flags
-            .iter()
-            .map(|(key, flag)| {
-                let variants: Vec<&str> = flag.variants.iter().map(|v| v.name.as_str()).collect();
-                let served = variants
-                    .iter()
-                    .map(|&variant| {
-                        let id = (key.clone(), variant.to_owned());
-                        let count = carried.flag_served.remove(&id).unwrap_or_default();
-                        flag_served.insert(id, count.clone());
-                        count
-                    })
-                    .collect();
-                FlagTelemetry::new(&key.as_str().into(), &variants, served)
-            })
-            .collect();
-        carried.flag_served = flag_served;
+        let flag_telemetry = flag_telemetry(&config, &mut carried.flag_served);
         Snapshot {
             generation,
             config: Arc::new(config),
-            routes: Arc::new(RouteTable { routes }),
-            upstreams,
-            targets: targets.into(),
-            route_telemetry: route_telemetry.into(),
+            routes,
             flag_telemetry,
-            runtime: runtime.into(),
-            kills,
             overrides,
         }
     }
 
-    /// The same config with other runtime overrides.
+    /// What is live before the first load (generation 0): no routes, no flags. No listener
+    /// is bound until the first load succeeds, so no request ever sees it.
+    pub fn before_first_load() -> Snapshot {
+        Snapshot {
+            generation: 0,
+            config: Arc::new(Config::empty()),
+            routes: Arc::from([]),
+            flag_telemetry: Arc::from([]),
+            overrides: Arc::default(),
+        }
+    }
+
+    /// The same config with other runtime overrides: only the routes' kills change.
     pub fn with_overrides(&self, overrides: Arc<Overrides>) -> Snapshot {
+        let routes = self
+            .config
+            .routes
+            .iter()
+            .zip(self.routes.iter())
+            .map(|(spec, route)| LiveRoute {
+                kill: kill_of(spec, &overrides),
+                ..route.clone()
+            })
+            .collect();
         Snapshot {
             generation: self.generation,
             config: self.config.clone(),
-            routes: self.routes.clone(),
-            upstreams: self.upstreams.clone(),
-            targets: self.targets.clone(),
-            route_telemetry: self.route_telemetry.clone(),
+            routes,
             flag_telemetry: self.flag_telemetry.clone(),
-            runtime: self.runtime.clone(),
-            kills: kills_for(&self.config, &overrides),
             overrides,
         }
     }
 
-    pub fn route_index(&self, name: &str) -> Option<usize> {
-        self.config.routes.iter().position(|r| r.name == name)
+    /// Index into `routes` of the first route that matches `req`.
+    pub fn find_route(&self, req: &RequestHead<'_>) -> Option<usize> {
+        self.routes.iter().position(|r| r.matcher.matches(req))
     }
 
-    /// Effective share of each backend of route `index`, in basis points.
-    pub fn effective_split(&self, index: usize) -> Vec<(usize, u32)> {
-        let spec = &self.config.routes[index];
-        spec.split
-            .iter()
-            .map(|&(backend, share)| {
-                let effective = match (self.kills[index].is_some(), backend == spec.stable) {
-                    (false, _) => share,
-                    (true, true) => BUCKETS,
-                    (true, false) => 0,
-                };
-                (backend, effective)
-            })
-            .collect()
+    pub fn route(&self, name: &str) -> Option<&LiveRoute> {
+        self.routes.iter().find(|r| &*r.name == name)
     }
 
     /// Publishes the gauges that describe this snapshot.
     pub fn export_gauges(&self) {
         telemetry::config_generation(self.generation);
-        for (index, spec) in self.config.routes.iter().enumerate() {
-            for (backend, share) in self.effective_split(index) {
-                telemetry::route_weight(&spec.name, &self.config.backends[backend].name, share);
+        for route in self.routes.iter() {
+            for (target, share) in route.targets.iter().zip(route.effective_shares()) {
+                telemetry::route_weight(&route.name, &target.backend.name, share);
             }
-            telemetry::route_killed(&spec.name, self.kills[index].is_some());
+            telemetry::route_killed(&route.name, route.kill.is_some());
         }
     }
 }
 
-fn kills_for(config: &Config, overrides: &Overrides) -> Arc<[Option<Kill>]> {
-    config
-        .routes
+/// The kill in force for a route: the YAML's, else a runtime override's.
+fn kill_of(spec: &RouteSpec, overrides: &Overrides) -> Option<Kill> {
+    if spec.kill {
+        Some(Kill::in_config())
+    } else {
+        overrides.routes.get(&spec.name).cloned()
+    }
+}
+
+fn flag_telemetry(
+    config: &Config,
+    carried: &mut HashMap<(String, String), Arc<AtomicU64>>,
+) -> Arc<[FlagTelemetry]> {
+    let mut kept = HashMap::new();
+    let telemetry = config
+        .flags
         .iter()
-        .map(|spec| {
-            if spec.kill {
-                Some(Kill::in_config())
-            } else {
-                overrides.routes.get(&spec.name).cloned()
-            }
+        .map(|(key, flag)| {
+            let variants: Vec<&str> = flag.variants.iter().map(|v| v.name.as_str()).collect();
+            let served = variants
+                .iter()
+                .map(|&variant| {
+                    let id = (key.clone(), variant.to_owned());
+                    let count = carried.remove(&id).unwrap_or_default();
+                    kept.insert(id, count.clone());
+                    count
+                })
+                .collect();
+            FlagTelemetry::new(&key.as_str().into(), &variants, served)
         })
-        .collect()
+        .collect();
+    *carried = kept;
+    telemetry
+}
+
+/// Routes compiled from YAML, for unit tests of the route compiler and of its users.
+#[cfg(test)]
+pub fn compile_for_test(yaml: &str) -> Snapshot {
+    let config = crate::config::compile_text(std::path::Path::new("/tmp/cutover-test.yaml"), yaml)
+        .unwrap_or_else(|errors| panic!("invalid test config: {errors:?}"));
+    Snapshot::build(
+        config,
+        1,
+        &mut Carried::default(),
+        Arc::new(Overrides::default()),
+    )
 }
