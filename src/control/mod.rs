@@ -7,6 +7,9 @@ pub mod overrides;
 pub mod reload;
 pub mod window;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -165,6 +168,12 @@ impl Control {
 
     pub fn last_reload(&self) -> LastReload {
         self.lock().last.clone()
+    }
+
+    /// Keeps the control plane busy (as a slow disk or a long reload would) until dropped.
+    #[cfg(test)]
+    pub(crate) fn hold(&self) -> impl Sized + '_ {
+        self.lock()
     }
 
     fn lock(&self) -> MutexGuard<'_, ControlState> {

@@ -252,7 +252,7 @@ impl Proxy {
 }
 
 /// The check phase: a request whose framing or addressing is ambiguous is never routed.
-fn check(req: &Request<Incoming>, ambiguous_framing: bool) -> Result<Option<Addressed>, Rejection> {
+fn check<B>(req: &Request<B>, ambiguous_framing: bool) -> Result<Option<Addressed>, Rejection> {
     if ambiguous_framing {
         return Err(Rejection::AmbiguousFraming);
     }
@@ -260,9 +260,9 @@ fn check(req: &Request<Incoming>, ambiguous_framing: bool) -> Result<Option<Addr
 }
 
 /// The match and pick phases. Allocates nothing.
-fn pick(
+fn pick<B>(
     snapshot: Arc<Snapshot>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     addressed: Option<&Addressed>,
     client_ip: std::net::IpAddr,
     started: Instant,
@@ -314,10 +314,10 @@ fn rewrite_head(
 
 /// A backend's response that could be read two ways, or a 101 nobody asked for, must not be
 /// relayed in either reading.
-fn valid_response(
-    response: Response<Incoming>,
+fn valid_response<B>(
+    response: Response<B>,
     asked_upgrade: bool,
-) -> Result<Response<Incoming>, ProxyError> {
+) -> Result<Response<B>, ProxyError> {
     let headers = response.headers();
     if headers.contains_key(http::header::TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
     {
@@ -455,3 +455,6 @@ pub fn local(status: StatusCode, kind: &'static str, body: String) -> Response<R
     headers.insert(X_CUTOVER_ERROR.clone(), HeaderValue::from_static(kind));
     response
 }
+
+#[cfg(test)]
+mod tests;

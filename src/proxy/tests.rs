@@ -1,0 +1,261 @@
+//! The request path against real sockets: backends and a client on 127.0.0.1, the proxy behind
+//! the real accept loop, the real control plane beside it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::HeaderMap;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use super::*;
+use crate::control::Control;
+use crate::listener::{self, Limits};
+use crate::snapshot::compile_for_test;
+
+/// A backend that answers every request with `status` and its own name as the body.
+async fn backend(status: u16, name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = service_fn(move |_req: Request<Incoming>| async move {
+                let mut response = Response::new(Full::new(Bytes::from(name)));
+                *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                Ok::<_, Infallible>(response)
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct Running {
+    proxy: SocketAddr,
+    control: Arc<Control>,
+    state_file: PathBuf,
+    _stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+/// The proxy on `routes_yaml` (backends and routes), as `cutover run` wires it.
+async fn start(routes_yaml: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.yaml");
+    std::fs::write(
+        &path,
+        format!("listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_file: state.json\n{routes_yaml}"),
+    )
+    .unwrap();
+    let control = Arc::new(Control::start(&path).unwrap());
+    let (trips, tripped) = mpsc::unbounded_channel();
+    tokio::spawn(control.clone().apply_trips(tripped));
+    let proxy = Arc::new(Proxy::new(control.live(), trips));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let limits = Limits {
+        header_timeout: Duration::from_secs(5),
+    };
+    tokio::spawn(listener::serve(
+        listener,
+        "proxy",
+        limits,
+        stopped,
+        move |req, arrival| {
+            let proxy = proxy.clone();
+            let peer = arrival.peer.clone();
+            async move { proxy.handle(req, peer, false).await }
+        },
+    ));
+    Running {
+        proxy: addr,
+        control,
+        state_file: dir.path().join("state.json"),
+        _stop: stop,
+        _dir: dir,
+    }
+}
+
+/// GET `path` on a fresh connection: status, head and body as text. Fails the test after
+/// five seconds rather than hanging it.
+async fn get(proxy: SocketAddr, path: &str) -> (u16, String) {
+    let exchange = async {
+        let mut stream = TcpStream::connect(proxy).await.unwrap();
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} got no answer within 5 s"));
+    let status = answer[9..12].parse().unwrap();
+    (status, answer)
+}
+
+/// `tokio::test` runs on one thread, as `cutover run --threads 1` does: anything on the request
+/// path that waited for the control plane would stall every request.
+#[tokio::test]
+async fn a_guard_trip_waits_for_no_lock_and_no_disk() {
+    let legacy = backend(200, "legacy").await;
+    let v2 = backend(500, "v2").await;
+    let running = start(&format!(
+        "backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{v2}\" }}\n\
+         routes:\n\
+         \x20 - name: payments\n    match: {{ path_prefix: /pay }}\n    split: {{ legacy: 0, v2: 100 }}\n\
+         \x20   guard: {{ max_error_rate: 5, min_requests: 3, window: 30s }}\n\
+         \x20 - name: other\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 100 }}\n"
+    ))
+    .await;
+    // The control plane is busy (a slow disk, a long reload) for the whole exchange below.
+    let busy = running.control.hold();
+    for _ in 0..3 {
+        assert_eq!(get(running.proxy, "/pay").await.0, 500);
+    }
+    // The third error tripped the guard: the very next request goes to stable, before the
+    // kill is published or written anywhere.
+    let (status, answer) = get(running.proxy, "/pay").await;
+    assert_eq!(status, 200);
+    assert!(answer.ends_with("legacy"), "{answer}");
+    assert_eq!(get(running.proxy, "/other").await.0, 200);
+    let live = running.control.live();
+    assert!(live.load().route("payments").unwrap().kill.is_none());
+    assert!(!running.state_file.exists());
+
+    drop(busy);
+    let mut waited = Duration::ZERO;
+    while !running.state_file.exists() {
+        assert!(
+            waited < Duration::from_secs(5),
+            "the kill was never written"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        waited += Duration::from_millis(20);
+    }
+    let snapshot = live.load();
+    let kill = snapshot.route("payments").unwrap().kill.clone().unwrap();
+    assert_eq!(
+        kill.reason,
+        "guard: v2 100.0% errors > 5% over 30s (3 of 3 requests)"
+    );
+    let state = std::fs::read_to_string(&running.state_file).unwrap();
+    assert!(state.contains("guard: v2"), "{state}");
+    assert_eq!(get(running.proxy, "/pay").await.0, 200);
+}
+
+#[tokio::test]
+async fn a_fallback_counts_the_failure_where_it_happened() {
+    let legacy = backend(200, "legacy").await;
+    let gone = closed_port().await;
+    let running = start(&format!(
+        "backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{gone}\" }}\n\
+         routes:\n  - name: all\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n    fallback: true\n"
+    ))
+    .await;
+    let (status, answer) = get(running.proxy, "/x").await;
+    assert_eq!(status, 200);
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-cutover-fallback: 1"),
+        "{answer}"
+    );
+    let snapshot = running.control.live().load_full();
+    let route = snapshot.route("all").unwrap();
+    assert_eq!(
+        route.targets[1].window.counts(),
+        (1, 1),
+        "v2: one failed attempt"
+    );
+    assert_eq!(route.stable().window.counts(), (1, 0), "legacy: one answer");
+}
+
+#[test]
+fn pick_follows_the_first_matching_route_and_its_kill() {
+    let snapshot = Arc::new(compile_for_test(
+        "backends:\n  legacy: { url: \"http://127.0.0.1:9\" }\n  v2: { url: \"http://127.0.0.1:10\" }\n\
+         routes:\n\
+         \x20 - name: api\n    match: { path_prefix: /api, methods: [POST] }\n    split: { legacy: 0, v2: 100 }\n\
+         \x20 - name: killed\n    match: { path_prefix: /api }\n    split: { legacy: 0, v2: 100 }\n    kill: true\n",
+    ));
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let now = Instant::now();
+    let post = Request::post("/api/x").body(()).unwrap();
+    let exchange = pick(snapshot.clone(), &post, None, ip, now).unwrap();
+    assert_eq!((exchange.route, exchange.target), (0, 1));
+    assert_eq!(&*exchange.target().backend.name, "v2");
+    let get = Request::get("/api/x").body(()).unwrap();
+    let exchange = pick(snapshot.clone(), &get, None, ip, now).unwrap();
+    assert_eq!((exchange.route, exchange.target), (1, 0), "killed: stable");
+    let elsewhere = Request::get("/other").body(()).unwrap();
+    assert!(pick(snapshot, &elsewhere, None, ip, now).is_none());
+}
+
+#[test]
+fn rewrite_head_leaves_the_backend_a_clean_head() {
+    let request = Request::get("http://shop.test:8080/a")
+        .header("host", "other.test")
+        .header("connection", "upgrade, x-secret")
+        .header("upgrade", "websocket")
+        .header("x-secret", "1")
+        .header("keep-alive", "timeout=5")
+        .header("x-forwarded-for", "203.0.113.9")
+        .body(())
+        .unwrap();
+    // An absolute-form target names the host; `Host` is only a duplicate then.
+    let addressed = hygiene::inspect(&request).unwrap();
+    let mut head = request.into_parts().0;
+    let peer = Peer::new(SocketAddr::from(([192, 0, 2, 1], 5555)));
+    rewrite_head(
+        &mut head,
+        Some(HeaderValue::from_static("websocket")),
+        addressed.as_ref(),
+        &peer,
+        false,
+    );
+    let h: &HeaderMap = &head.headers;
+    assert!(h.get("x-secret").is_none() && h.get("keep-alive").is_none());
+    assert_eq!(h["upgrade"], "websocket");
+    assert_eq!(h["connection"], "upgrade");
+    assert_eq!(h["host"], "shop.test:8080");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
+    assert_eq!(h["x-forwarded-host"], "shop.test:8080");
+    assert!(h.contains_key("x-request-id"));
+}
+
+#[test]
+fn responses_that_could_be_read_two_ways_are_refused() {
+    let both = Response::builder()
+        .header("transfer-encoding", "chunked")
+        .header("content-length", "5")
+        .body(())
+        .unwrap();
+    assert!(matches!(
+        valid_response(both, false),
+        Err(ProxyError::Protocol(_))
+    ));
+    let unasked = Response::builder().status(101).body(()).unwrap();
+    assert!(matches!(
+        valid_response(unasked, false),
+        Err(ProxyError::Protocol(_))
+    ));
+    let asked = Response::builder().status(101).body(()).unwrap();
+    assert!(valid_response(asked, true).is_ok());
+}
