@@ -40,10 +40,10 @@ pub enum Pool {
 
 impl Pool {
     pub fn new(authority: &Authority, http2: bool, connect_timeout: Duration) -> Pool {
-        let target = Target::new(authority, connect_timeout);
+        let endpoint = Endpoint::new(authority, connect_timeout);
         if http2 {
             Pool::Http2(Arc::new(Http2Pool {
-                target,
+                endpoint,
                 shared: Mutex::new(Http2Shared {
                     slot: Slot::Empty,
                     last_used: Instant::now(),
@@ -52,7 +52,7 @@ impl Pool {
             }))
         } else {
             Pool::Http1(Arc::new(Http1Pool {
-                target,
+                endpoint,
                 idle: Mutex::new(Http1Idle::default()),
             }))
         }
@@ -68,7 +68,7 @@ impl Pool {
 }
 
 /// Where and how to open a connection.
-struct Target {
+struct Endpoint {
     authority: Authority,
     /// Host without IPv6 brackets, for name resolution.
     host: Box<str>,
@@ -80,8 +80,8 @@ struct Target {
     host_header: Option<HeaderValue>,
 }
 
-impl Target {
-    fn new(authority: &Authority, connect_timeout: Duration) -> Target {
+impl Endpoint {
+    fn new(authority: &Authority, connect_timeout: Duration) -> Endpoint {
         let port = authority.port_u16().unwrap_or(80);
         let host = authority
             .host()
@@ -92,7 +92,7 @@ impl Target {
         } else {
             HeaderValue::from_str(authority.as_str())
         };
-        Target {
+        Endpoint {
             authority: authority.clone(),
             host: host.into(),
             port,
@@ -144,7 +144,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Idle keep-alive connections, most recently used on top (warmest socket, and the ones at the
 /// bottom age out when load drops).
 pub struct Http1Pool {
-    target: Target,
+    endpoint: Endpoint,
     idle: Mutex<Http1Idle>,
 }
 
@@ -201,7 +201,7 @@ impl Http1Pool {
     /// The proxy's requests already come in origin form (`Upstream::uri_for`).
     fn prepare(&self, req: &mut Request<UpstreamBody>) {
         if req.method() == Method::CONNECT {
-            *req.uri_mut() = Uri::from(self.target.authority.clone());
+            *req.uri_mut() = Uri::from(self.endpoint.authority.clone());
         } else if req.uri().scheme().is_some() {
             let origin = match req.uri().path_and_query() {
                 Some(path) => Uri::from(path.clone()),
@@ -209,7 +209,7 @@ impl Http1Pool {
             };
             *req.uri_mut() = origin;
         }
-        if let Some(host) = &self.target.host_header {
+        if let Some(host) = &self.endpoint.host_header {
             req.headers_mut()
                 .entry(HOST)
                 .or_insert_with(|| host.clone());
@@ -228,7 +228,7 @@ impl Http1Pool {
     }
 
     async fn connect(&self) -> Result<http1::SendRequest<UpstreamBody>, ProxyError> {
-        let io = self.target.connect().await?;
+        let io = self.endpoint.connect().await?;
         // A flat write, as on the server side.
         let (sender, conn) = http1::Builder::new()
             .writev(false)
@@ -296,7 +296,7 @@ async fn sweep_http1(pool: Weak<Http1Pool>) {
 
 /// One multiplexed connection, opened on first use and again after it closes.
 pub struct Http2Pool {
-    target: Target,
+    endpoint: Endpoint,
     shared: Mutex<Http2Shared>,
 }
 
@@ -402,7 +402,7 @@ impl Http2Pool {
     }
 
     async fn connect(&self) -> Result<Http2Conn, ProxyError> {
-        let io = self.target.connect().await?;
+        let io = self.endpoint.connect().await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
