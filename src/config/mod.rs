@@ -2,6 +2,7 @@
 //! error at once, each with `file:line:col` and a field path) → a typed [`Config`] that the
 //! snapshot compiles further. The request path never sees a raw config type.
 
+mod diff;
 mod locate;
 mod model;
 mod raw;
@@ -10,6 +11,7 @@ mod validate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use diff::describe_changes;
 pub use locate::Location;
 pub use model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RouteSpec};
 

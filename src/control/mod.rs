@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use crate::config::describe_changes;
 use crate::config::{self, ConfigError};
 use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
-use crate::control::reload::describe_changes;
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 

@@ -1,5 +1,5 @@
-//! What triggers a reload (the file's directory changing, SIGHUP) and how a reload is
-//! described. Every trigger calls the one reload path, [`Control::reload`].
+//! What triggers a reload (the file's directory changing, SIGHUP). Every trigger calls the
+//! one reload path, [`Control::reload`]; [`crate::config::describe_changes`] describes it.
 //!
 //! The watcher follows each config file's *directory*, never a canonicalized path, so editors'
 //! atomic renames and the Kubernetes ConfigMap `..data` symlink swap are both seen.
@@ -13,88 +13,10 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::bucket::format_percent;
-use crate::config::Config;
 use crate::control::Control;
 
 /// How long the file must be quiet before a change is read: editors write in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(100);
-
-/// One line per routing or flag change, e.g. `payments: payments-v2 10% → 25%, legacy 90% → 75%`.
-pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
-    let mut lines = Vec::new();
-    let split_of = |config: &Config, index: usize| -> Vec<(String, u32)> {
-        config.routes[index]
-            .split
-            .iter()
-            .map(|&(b, share)| (config.backends[b].name.clone(), share))
-            .collect()
-    };
-    for (i, route) in new.routes.iter().enumerate() {
-        let Some(j) = old.routes.iter().position(|r| r.name == route.name) else {
-            lines.push(format!("route {} added", route.name));
-            continue;
-        };
-        let (before, after) = (split_of(old, j), split_of(new, i));
-        let mut changes: Vec<String> = after
-            .iter()
-            .filter_map(|(backend, share)| {
-                let previous = before
-                    .iter()
-                    .find(|(b, _)| b == backend)
-                    .map_or(0, |(_, s)| *s);
-                (previous != *share).then(|| {
-                    format!(
-                        "{backend} {}% → {}%",
-                        format_percent(previous),
-                        format_percent(*share)
-                    )
-                })
-            })
-            .collect();
-        changes.extend(
-            before
-                .iter()
-                .filter(|(b, _)| after.iter().all(|(a, _)| a != b))
-                .map(|(b, s)| format!("{b} {}% → removed", format_percent(*s))),
-        );
-        let old_route = &old.routes[j];
-        if old_route.kill != route.kill {
-            changes.push(format!("kill {} → {}", old_route.kill, route.kill));
-        }
-        if old_route.matcher != route.matcher {
-            changes.push("match changed".to_owned());
-        }
-        if !changes.is_empty() {
-            lines.push(format!("{}: {}", route.name, changes.join(", ")));
-        }
-    }
-    for route in &old.routes {
-        if new.routes.iter().all(|r| r.name != route.name) {
-            lines.push(format!("route {} removed", route.name));
-        }
-    }
-    for (key, flag) in &new.flags {
-        match old.flags.iter().find(|(k, _)| k == key) {
-            None => lines.push(format!("flag {key} added")),
-            Some((_, f)) if f != flag => lines.push(format!("flag {key} changed")),
-            Some(_) => {}
-        }
-    }
-    for (key, _) in &old.flags {
-        if new.flags.iter().all(|(k, _)| k != key) {
-            lines.push(format!("flag {key} removed"));
-        }
-    }
-    for backend in &new.backends {
-        match old.backends.iter().find(|b| b.name == backend.name) {
-            None => lines.push(format!("backend {} added", backend.name)),
-            Some(b) if b != backend => lines.push(format!("backend {} changed", backend.name)),
-            Some(_) => {}
-        }
-    }
-    lines
-}
 
 /// Watches the directory of each file the config is read from (the config file and its
 /// `flags_file`) and reloads after changes to one of those files or to a `..data` symlink.
