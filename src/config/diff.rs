@@ -4,7 +4,8 @@
 use super::Config;
 use crate::bucket::format_percent;
 
-/// One line per routing or flag change, e.g. `payments: payments-v2 10% → 25%, legacy 90% → 75%`.
+/// One line per routing or flag change, e.g. `payments: legacy 90% → 75%, payments-v2 10% → 25%`
+/// (stable backend first).
 pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     let mut lines = Vec::new();
     let split_of = |config: &Config, index: usize| -> Vec<(String, u32)> {
