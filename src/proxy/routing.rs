@@ -1,6 +1,6 @@
 //! What routing reads in a request: whether a route's match conditions hold, and which bucket
 //! the request falls in (its sticky key's, see [`crate::bucket`], or a uniform random one).
-//! A route's compiled form, which maps buckets to backends, is [`crate::snapshot::LiveRoute`].
+//! A route's compiled form, which maps buckets to backends, is the snapshot's `LiveRoute`.
 //!
 //! Nothing here allocates or locks.
 

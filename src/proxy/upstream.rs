@@ -8,18 +8,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::config::BackendSpec;
 use crate::error::ProxyError;
 use crate::proxy::pool::Pool;
-
-/// Body of a request to a backend: streamed from the client, or buffered for a replay.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+pub use crate::proxy::pool::UpstreamBody;
 
 /// A backend as the request path sees it.
 pub struct Upstream {
