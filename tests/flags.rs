@@ -6,6 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::{admin_post, ADMIN_ENV, TOKEN};
+use common::raw::{self, contains};
 use common::{get, send, write_by_rename, Cutover};
 use http::StatusCode;
 use serde_json::{json, Value};
@@ -264,9 +266,7 @@ async fn get_form_takes_the_context_from_the_query() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
-    const TOKEN: &str = "flag-token";
-    let env = [("CUTOVER_ADMIN_TOKEN", TOKEN)];
-    let cutover = Cutover::start_with_env(&config(), &env);
+    let cutover = Cutover::start_with_env(&config(), ADMIN_ENV);
     let nl = json!({"targetingKey": "u1", "country": "NL"});
     assert_eq!(
         evaluate(&cutover, "new-checkout", nl.clone()).await.1["variant"],
@@ -298,7 +298,7 @@ async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
         (Some("off"), Some("DISABLED"))
     );
 
-    let cutover = cutover.restart(&env);
+    let cutover = cutover.restart(ADMIN_ENV);
     let (_, value) = evaluate(&cutover, "new-checkout", nl.clone()).await;
     assert_eq!(
         value["reason"], "DISABLED",
@@ -322,15 +322,8 @@ async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
         ])
     );
 
-    let (status, _, body) = send(
-        &common::client(),
-        cutover.admin,
-        "POST",
-        "/api/flags/new-checkout/resume",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        Bytes::new(),
-    )
-    .await;
+    let (status, body) =
+        admin_post(&cutover, "/api/flags/new-checkout/resume", Some(TOKEN), "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(
         evaluate(&cutover, "new-checkout", nl).await.1["reason"],
@@ -345,41 +338,39 @@ async fn a_flag_kill_serves_the_default_survives_restart_and_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flag_edit_is_announced_on_the_event_stream_within_a_second() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cutover = Cutover::start(&config());
     let flags = cutover.flags.unwrap();
-    let mut stream = tokio::net::TcpStream::connect(flags).await.unwrap();
+    let mut stream = raw::connect(flags).await;
     stream
-        .write_all(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
+        .send(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nAccept: text/event-stream\r\n\r\n")
         .await
         .unwrap();
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("\r\n\r\n") {
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&seen).contains("text/event-stream"));
+    stream
+        .read_until(Duration::from_secs(10), |r| contains(r, b"\r\n\r\n"))
+        .await;
+    assert!(
+        contains(&stream.received, b"\r\n\r\n"),
+        "no response head before close or 10 s: {:?}",
+        stream.text()
+    );
+    assert!(stream.text().contains("text/event-stream"));
 
     let saved = Instant::now();
     write_by_rename(
         &cutover.config_path(),
         &config().replace(r#"default: few"#, r#"default: many"#),
     );
-    let event = tokio::time::timeout(Duration::from_secs(2), async {
-        loop {
-            let n = stream.read(&mut buf).await.unwrap();
-            assert!(n > 0, "stream closed");
-            seen.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&seen).into_owned();
-            if text.contains("refetchEvaluation") {
-                return text;
-            }
-        }
-    })
-    .await
-    .expect("no event after a flag edit");
+    stream
+        .read_until(Duration::from_secs(2), |r| {
+            contains(r, b"refetchEvaluation")
+        })
+        .await;
+    assert!(!stream.closed, "stream closed");
+    let event = stream.text();
+    assert!(
+        event.contains("refetchEvaluation"),
+        "no event after a flag edit"
+    );
     assert!(
         saved.elapsed() < Duration::from_secs(1),
         "event after {:?}",
@@ -388,20 +379,19 @@ async fn a_flag_edit_is_announced_on_the_event_stream_within_a_second() {
     assert!(event.contains("id: 1\nevent: message\ndata: {"), "{event}");
 
     // A subscriber that last saw nothing newer gets the missed event at once.
-    let mut late = tokio::net::TcpStream::connect(flags).await.unwrap();
-    late.write_all(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 0\r\n\r\n")
+    let mut late = raw::connect(flags).await;
+    late.send(b"GET /flags/events HTTP/1.1\r\nHost: t\r\nLast-Event-ID: 0\r\n\r\n")
         .await
         .unwrap();
-    let mut got = Vec::new();
-    let caught_up = tokio::time::timeout(Duration::from_secs(2), async {
-        while !String::from_utf8_lossy(&got).contains("refetchEvaluation") {
-            let n = late.read(&mut buf).await.unwrap();
-            assert!(n > 0);
-            got.extend_from_slice(&buf[..n]);
-        }
+    late.read_until(Duration::from_secs(2), |r| {
+        contains(r, b"refetchEvaluation")
     })
     .await;
-    assert!(caught_up.is_ok(), "Last-Event-ID was not honoured");
+    assert!(!late.closed, "stream closed: {:?}", late.text());
+    assert!(
+        contains(&late.received, b"refetchEvaluation"),
+        "Last-Event-ID was not honoured"
+    );
 
     // Bulk answers advertise the stream.
     let (_, _, bulk) = ofrep(&cutover, "/ofrep/v1/evaluate/flags", "{}", &[]).await;

@@ -5,12 +5,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{raw_backend, split_config, Backend, Cutover};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use common::raw::{self, find, RawBackend};
+use common::{split_config, Backend, Cutover};
 
 /// How long any single exchange may take before the test gives up on it.
 const WAIT: Duration = Duration::from_secs(2);
@@ -90,35 +88,19 @@ async fn exchange_until_close(addr: SocketAddr, request: &[u8]) -> Reply {
 }
 
 async fn talk(addr: SocketAddr, request: &[u8], until_close: bool) -> Reply {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    // The proxy may stop reading early (431, 400): a failed write is part of the answer.
-    let _ = stream.write_all(request).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut buf = Vec::new();
-    let mut closed = false;
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
-            Err(_) => break,
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                closed = true;
-                break;
-            }
-            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if !until_close && parse(&buf, false).is_some() {
-            break;
-        }
-    }
+    let conn = raw::exchange(addr, request, WAIT, |buf| {
+        !until_close && parse(buf, false).is_some()
+    })
+    .await;
     let (status, headers, body, interim) =
-        parse(&buf, true).unwrap_or((0, Vec::new(), Vec::new(), Vec::new()));
+        parse(&conn.received, true).unwrap_or((0, Vec::new(), Vec::new(), Vec::new()));
     Reply {
         status,
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
         interim,
-        raw: String::from_utf8_lossy(&buf).into_owned(),
-        closed,
+        raw: conn.text(),
+        closed: conn.closed,
     }
 }
 
@@ -185,80 +167,24 @@ fn dechunk(mut data: &[u8]) -> (Vec<u8>, bool) {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 /// A backend that records every byte it receives and answers each request head with a
 /// fixed 200. Used where the point is whether anything reached the backend at all.
-struct Recorder {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<u8>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Recorder {
-    async fn start() -> Recorder {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let sink = sink.clone();
-                tokio::spawn(async move {
-                    let mut mine = Vec::new();
-                    let mut chunk = [0u8; 16 * 1024];
-                    loop {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => {
-                                sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-                                mine.extend_from_slice(&chunk[..n]);
-                            }
-                        }
-                        if find(&mine, b"\r\n\r\n").is_some() {
-                            break;
-                        }
-                    }
-                    let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrecorded";
-                    let _ = stream.write_all(reply).await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Recorder { addr, seen, task }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn seen(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
+async fn recording_backend() -> RawBackend {
+    RawBackend::start(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nConnection: close\r\n\r\nrecorded")
+        .await
 }
 
 /// Asserts a request was refused with 400, on a closed connection, and never forwarded.
 /// Sends `request` through a proxy in front of a recording backend and asserts that it is
 /// answered 400, the connection closed, and nothing forwarded.
 async fn assert_proxy_rejects(request: &[u8], what: &str) {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let reply = exchange_until_close(cutover.proxy, request).await;
     assert_rejected_unforwarded(&reply, &recorder, what);
 }
 
-fn assert_rejected_unforwarded(reply: &Reply, recorder: &Recorder, what: &str) {
+fn assert_rejected_unforwarded(reply: &Reply, recorder: &RawBackend, what: &str) {
     let seen = recorder.seen();
     assert_eq!(
         reply.status, 400,
@@ -282,7 +208,7 @@ fn assert_rejected_unforwarded(reply: &Reply, recorder: &Recorder, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_400_and_never_forwarded() {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     // The classic CL.TE / TE.CL pair, both header orders, each followed by a pipelined
     // request that a front end and a back end would disagree about.
@@ -303,7 +229,7 @@ async fn content_length_with_transfer_encoding_is_400_and_never_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn differing_content_lengths_are_400_and_never_forwarded() {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let variants: [&[u8]; 2] = [
         b"Content-Length: 3\r\nContent-Length: 4\r\n",
@@ -350,7 +276,7 @@ GET /headers HTTP/1.1\r\nHost: a.example\r\n\r\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http11_request_without_host_is_400() {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let reply = exchange_until_close(cutover.proxy, b"GET /headers HTTP/1.1\r\n\r\n").await;
     assert_rejected_unforwarded(&reply, &recorder, "no Host");
@@ -359,7 +285,7 @@ async fn http11_request_without_host_is_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_host_fields_are_400() {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     // Same value twice is still two fields (RFC 9112 §3.2: "more than one Host header field line").
     let requests: [&[u8]; 2] = [
@@ -374,7 +300,7 @@ async fn two_host_fields_are_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_host_values_are_400() {
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let hosts: [&[u8]; 6] = [
         b"a b",
@@ -397,7 +323,7 @@ async fn invalid_host_values_are_400() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_host_with_origin_form_is_400() {
     // An http URI with an empty host is invalid (RFC 9110 §4.2.1); nginx rejects `Host:`.
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let reply =
         exchange_until_close(cutover.proxy, b"GET /headers HTTP/1.1\r\nHost:\r\n\r\n").await;
@@ -451,7 +377,7 @@ async fn absolute_form_target_authority_is_the_forwarded_host() {
 async fn absolute_form_target_with_userinfo_is_400() {
     // RFC 9110 §4.2.4: userinfo in an http URI is to be treated as an error; the authority
     // becomes the forwarded Host, so it must pass the same checks as a Host field.
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let reply = exchange_until_close(
         cutover.proxy,
@@ -533,7 +459,7 @@ fn request_with_headers(extra: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn more_than_100_headers_is_431() {
     // A recorder as backend: it has no header limit of its own, so 100 fields pass end to end.
-    let recorder = Recorder::start().await;
+    let recorder = recording_backend().await;
     let cutover = proxy_to(&recorder.url(), "");
     let at_limit = exchange(cutover.proxy, &request_with_headers(99)).await;
     assert_eq!(at_limit.status, 200, "100 headers must pass: {at_limit:#?}");
@@ -645,11 +571,11 @@ async fn te_trailers_is_forwarded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_response_fields_are_not_relayed() {
-    let (addr, _backend) = raw_backend(
+    let backend = RawBackend::start(
         b"HTTP/1.1 200 OK\r\nConnection: x-secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok",
     )
     .await;
-    let cutover = proxy_to(&format!("http://{addr}"), "");
+    let cutover = proxy_to(&backend.url(), "");
     let reply = exchange(cutover.proxy, b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
     assert_eq!(reply.status, 200, "{reply:#?}");
     assert_eq!(reply.body, "ok", "{reply:#?}");
@@ -792,10 +718,10 @@ async fn x_request_id_is_kept_when_present() {
 /// Runs one GET through cutover to a raw backend sending `reply` and returns what the
 /// client got.
 async fn through_raw_backend(reply: &'static [u8]) -> Reply {
-    let (addr, backend) = raw_backend(reply).await;
-    let cutover = proxy_to(&format!("http://{addr}"), "");
+    let backend = RawBackend::start(reply).await;
+    let cutover = proxy_to(&backend.url(), "");
     let got = exchange(cutover.proxy, b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n").await;
-    backend.abort();
+    drop(backend);
     got
 }
 
@@ -884,15 +810,15 @@ async fn backend_101_to_a_request_without_upgrade_is_502() {
 
 /// Connects, sends `partial`, then stalls; returns how long until the proxy closed.
 async fn time_until_closed(addr: SocketAddr, partial: &[u8]) -> Duration {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut conn = raw::connect(addr).await;
     let started = Instant::now();
-    stream.write_all(partial).await.unwrap();
-    let mut sink = Vec::new();
-    let result = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut sink)).await;
+    conn.send(partial).await.unwrap();
+    conn.read_until(Duration::from_secs(5), raw::until_close)
+        .await;
     assert!(
-        result.is_ok(),
+        conn.closed,
         "connection still open after 5 s (read so far: {:?})",
-        String::from_utf8_lossy(&sink)
+        conn.text()
     );
     started.elapsed()
 }

@@ -5,15 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{send, Backend, Cutover};
+use common::admin::{admin_post, ADMIN_ENV, TOKEN};
+use common::raw::{self, contains, until_close, RawBackend};
+use common::{Backend, Cutover};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
-
-const TOKEN: &str = "grace-token";
 
 fn config(legacy: &str, new: &str) -> String {
     format!(
@@ -23,15 +20,7 @@ fn config(legacy: &str, new: &str) -> String {
 }
 
 async fn kill(cutover: &Cutover) {
-    let (status, _, body) = send(
-        &common::client(),
-        cutover.admin,
-        "POST",
-        "/api/routes/main/kill",
-        &[("authorization", &format!("Bearer {TOKEN}"))],
-        Bytes::new(),
-    )
-    .await;
+    let (status, body) = admin_post(cutover, "/api/routes/main/kill", Some(TOKEN), "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
 
@@ -39,10 +28,8 @@ async fn kill(cutover: &Cutover) {
 async fn a_websocket_to_the_killed_backend_closes_after_kill_grace() {
     let (addr, echo) = common::websocket_echo().await;
     let legacy = Backend::start("legacy").await;
-    let cutover = Cutover::start_with_env(
-        &config(&legacy.url(), &format!("http://{addr}")),
-        &[("CUTOVER_ADMIN_TOKEN", TOKEN)],
-    );
+    let cutover =
+        Cutover::start_with_env(&config(&legacy.url(), &format!("http://{addr}")), ADMIN_ENV);
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws", cutover.proxy))
         .await
         .unwrap();
@@ -86,59 +73,36 @@ async fn a_websocket_to_the_killed_backend_closes_after_kill_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_response_from_the_killed_backend_ends_after_kill_grace() {
     // A backend that streams a chunk every 100 ms for up to 20 s.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let streamer = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let _ = stream.read(&mut buf).await;
-                let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
-                if stream.write_all(head).await.is_err() {
-                    return;
-                }
-                for _ in 0..200 {
-                    if stream.write_all(b"5\r\ntick\n\r\n").await.is_err() {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            });
-        }
-    });
+    let streamer = RawBackend::streaming(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"5\r\ntick\n\r\n",
+        200,
+        Duration::from_millis(100),
+    )
+    .await;
     let legacy = Backend::start("legacy").await;
-    let cutover = Cutover::start_with_env(
-        &config(&legacy.url(), &format!("http://{addr}")),
-        &[("CUTOVER_ADMIN_TOKEN", TOKEN)],
-    );
-    let mut client = tokio::net::TcpStream::connect(cutover.proxy).await.unwrap();
+    let cutover = Cutover::start_with_env(&config(&legacy.url(), &streamer.url()), ADMIN_ENV);
+    let mut client = raw::connect(cutover.proxy).await;
     client
-        .write_all(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
+        .send(b"GET /events HTTP/1.1\r\nHost: t\r\n\r\n")
         .await
         .unwrap();
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&received).contains("tick") {
-        let n = client.read(&mut buf).await.unwrap();
-        assert!(n > 0);
-        received.extend_from_slice(&buf[..n]);
-    }
+    client
+        .read_until(Duration::from_secs(10), |r| contains(r, b"tick"))
+        .await;
+    assert!(
+        contains(&client.received, b"tick"),
+        "no tick before close or 10 s: {:?}",
+        client.text()
+    );
     kill(&cutover).await;
     let killed = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match client.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(ended.is_ok(), "the stream outlived kill_grace by seconds");
+    client.read_until(Duration::from_secs(5), until_close).await;
+    assert!(client.closed, "the stream outlived kill_grace by seconds");
     let after = killed.elapsed();
     assert!(
         after >= Duration::from_millis(900),
         "ended after {after:?}, before kill_grace"
     );
-    streamer.abort();
+    drop(streamer);
 }

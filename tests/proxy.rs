@@ -5,7 +5,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{closed_port, get, raw, send, split_config, Backend, Cutover};
+use common::raw::{self, until_close};
+use common::{closed_port, get, send, split_config, Backend, Cutover};
 use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 
@@ -176,7 +177,14 @@ async fn large_and_chunked_uploads_arrive_intact() {
             .fold(expected.1, |s, &b| s.wrapping_add(u32::from(b)));
     }
     request.extend_from_slice(b"0\r\n\r\n");
-    let reply = raw(cutover.proxy, &request, Duration::from_secs(10)).await;
+    let reply = raw::exchange(
+        cutover.proxy,
+        &request,
+        Duration::from_secs(10),
+        until_close,
+    )
+    .await
+    .text();
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
         reply.ends_with(&format!("len={} sum={}", expected.0, expected.1)),
@@ -264,5 +272,5 @@ async fn graceful_shutdown_lets_a_slow_request_finish() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "{exit}");
-    assert!(tokio::net::TcpStream::connect(proxy).await.is_err());
+    assert!(raw::try_connect(proxy).await.is_err());
 }

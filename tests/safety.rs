@@ -8,35 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::admin::{admin_post, json, ADMIN_ENV, TOKEN};
 use common::{closed_port, get, send, split_config, write_by_rename, Backend, Cutover, BIN};
 use http::StatusCode;
 use serde_json::Value;
-
-const TOKEN: &str = "s3cret-token";
-const ENV: &[(&str, &str)] = &[("CUTOVER_ADMIN_TOKEN", TOKEN)];
-
-async fn post(
-    cutover: &Cutover,
-    path: &str,
-    token: Option<&str>,
-    body: &str,
-) -> (StatusCode, Value) {
-    let bearer = token.map(|t| format!("Bearer {t}"));
-    let headers: Vec<(&str, &str)> = bearer
-        .as_deref()
-        .map(|b| vec![("authorization", b)])
-        .unwrap_or_default();
-    let (status, _, body) = send(
-        &common::client(),
-        cutover.admin,
-        "POST",
-        path,
-        &headers,
-        Bytes::from(body.to_owned()),
-    )
-    .await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
 
 async fn status_json(cutover: &Cutover) -> Value {
     let (status, _, body) = get(cutover.admin, "/api/status", &[]).await;
@@ -54,7 +29,7 @@ fn half_and_half(legacy: &Backend, new: &Backend, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_post_needs_the_bearer_token() {
     let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
-    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ENV);
+    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ADMIN_ENV);
     for path in [
         "/api/routes/main/kill",
         "/api/routes/main/resume",
@@ -63,11 +38,11 @@ async fn every_post_needs_the_bearer_token() {
         "/api/reload",
         "/api/routes/nope/kill",
     ] {
-        let (status, body) = post(&cutover, path, None, "").await;
+        let (status, body) = admin_post(&cutover, path, None, "").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
-        let (status, body) = post(&cutover, path, Some("wrong"), "").await;
+        let (status, body) = admin_post(&cutover, path, Some("wrong"), "").await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
-        let (status, body) = post(&cutover, path, Some(TOKEN), "").await;
+        let (status, body) = admin_post(&cutover, path, Some(TOKEN), "").await;
         let expected = if path.contains("nope") {
             StatusCode::NOT_FOUND
         } else {
@@ -82,7 +57,8 @@ async fn every_post_needs_the_bearer_token() {
 async fn without_a_token_the_admin_api_is_read_only() {
     let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
     let cutover = Cutover::start(&half_and_half(&legacy, &new, ""));
-    let (status, body) = post(&cutover, "/api/kill", Some("anything"), "").await;
+    let (status, body) = admin_post(&cutover, "/api/kill", Some("anything"), "").await;
+    let body = json(&body);
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(
         body["error"].as_str().unwrap().contains("no admin token"),
@@ -94,7 +70,7 @@ async fn without_a_token_the_admin_api_is_read_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_kill_returns_no_request_reaches_the_new_backend() {
     let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
-    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ENV);
+    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ADMIN_ENV);
     let proxy = cutover.proxy;
     let stop = Arc::new(AtomicBool::new(false));
     let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
@@ -112,7 +88,7 @@ async fn after_a_kill_returns_no_request_reaches_the_new_backend() {
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, body) = post(
+    let (status, body) = admin_post(
         &cutover,
         "/api/routes/main/kill",
         Some(TOKEN),
@@ -155,9 +131,9 @@ async fn a_kill_survives_reload_and_restart_and_resume_restores_the_yaml_split()
         &[("legacy", &legacy.url(), 0.0), ("new", &new.url(), 100.0)],
         "",
     );
-    let cutover = Cutover::start_with_env(&all_new, ENV);
+    let cutover = Cutover::start_with_env(&all_new, ADMIN_ENV);
     assert_eq!(get(cutover.proxy, "/", &[]).await.2, "new\n");
-    let (status, _) = post(&cutover, "/api/routes/main/kill", Some(TOKEN), "").await;
+    let (status, _) = admin_post(&cutover, "/api/routes/main/kill", Some(TOKEN), "").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(get(cutover.proxy, "/", &[]).await.2, "legacy\n");
 
@@ -171,7 +147,7 @@ async fn a_kill_survives_reload_and_restart_and_resume_restores_the_yaml_split()
         assert_eq!(get(cutover.proxy, "/", &[]).await.2, "legacy\n");
     }
 
-    let cutover = cutover.restart(ENV);
+    let cutover = cutover.restart(ADMIN_ENV);
     for _ in 0..20 {
         assert_eq!(get(cutover.proxy, "/", &[]).await.2, "legacy\n");
     }
@@ -182,7 +158,7 @@ async fn a_kill_survives_reload_and_restart_and_resume_restores_the_yaml_split()
     assert_eq!(route["backends"][1]["configured"], 90.0);
     assert_eq!(route["backends"][1]["effective"], 0.0);
 
-    let (status, body) = post(&cutover, "/api/routes/main/resume", Some(TOKEN), "").await;
+    let (status, body) = admin_post(&cutover, "/api/routes/main/resume", Some(TOKEN), "").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut to_new = 0;
     for _ in 0..200 {
@@ -206,7 +182,7 @@ async fn the_guard_kills_a_route_whose_new_backend_fails() {
         ],
         guard,
     );
-    let cutover = Cutover::start_with_env(&yaml, ENV);
+    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let client = common::client();
     let mut errors = 0;
     for _ in 0..300 {
@@ -249,7 +225,7 @@ async fn fallback_replays_on_stable_when_the_new_backend_is_down() {
         ],
         "    fallback: true\n",
     );
-    let cutover = Cutover::start_with_env(&yaml, ENV);
+    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let mut fell_back = 0;
     for _ in 0..100 {
         let (status, headers, body) = get(cutover.proxy, "/", &[]).await;
@@ -297,7 +273,7 @@ async fn requests_total_counts_every_request_by_backend_and_class() {
             &[("ok", &ok.url(), 70.0), ("failing", &failing.url(), 30.0)],
             "",
         ),
-        ENV,
+        ADMIN_ENV,
     );
     let client = common::client();
     let (mut oks, mut fails) = (0, 0);
@@ -328,8 +304,9 @@ async fn requests_total_counts_every_request_by_backend_and_class() {
 async fn reload_over_the_api_applies_or_lists_every_error() {
     let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
     let yaml = half_and_half(&legacy, &new, "");
-    let cutover = Cutover::start_with_env(&yaml, ENV);
-    let (status, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
+    let (status, body) = admin_post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let body = json(&body);
     assert_eq!(
         (status, body["result"].as_str()),
         (StatusCode::OK, Some("unchanged"))
@@ -340,11 +317,13 @@ async fn reload_over_the_api_applies_or_lists_every_error() {
             .replace("legacy: 50", "legacy: 60"),
     )
     .unwrap();
-    let (status, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let (status, body) = admin_post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let body = json(&body);
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body["generation"].as_u64().unwrap() >= 2, "{body}");
     std::fs::write(cutover.config_path(), yaml.replace("new: 50", "v3: 50")).unwrap();
-    let (status, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let (status, body) = admin_post(&cutover, "/api/reload", Some(TOKEN), "").await;
+    let body = json(&body);
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     let errors = body["errors"].as_array().unwrap();
     assert!(
@@ -358,7 +337,7 @@ async fn reload_over_the_api_applies_or_lists_every_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_kills_resumes_and_shows_status() {
     let (legacy, new) = (Backend::start("legacy").await, Backend::start("new").await);
-    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ENV);
+    let cutover = Cutover::start_with_env(&half_and_half(&legacy, &new, ""), ADMIN_ENV);
     let admin = format!("http://{}", cutover.admin);
     let cli = |args: &[&str], token: Option<&str>| {
         let mut command = std::process::Command::new(BIN);
@@ -425,7 +404,7 @@ async fn names_with_markup_and_slashes_work_through_cli_api_and_ofrep() {
         legacy.url(),
         new.url()
     );
-    let cutover = Cutover::start_with_env(&yaml, ENV);
+    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let output = std::process::Command::new(BIN)
         .args([
             "kill",
@@ -449,7 +428,7 @@ async fn names_with_markup_and_slashes_work_through_cli_api_and_ofrep() {
     );
 
     let encoded = "checkout%2Fnew%20%3Cb%3E";
-    let (code, body) = post(
+    let (code, body) = admin_post(
         &cutover,
         &format!("/api/flags/{encoded}/kill"),
         Some(TOKEN),
@@ -478,7 +457,8 @@ async fn names_with_markup_and_slashes_work_through_cli_api_and_ofrep() {
     // `/api/routes/../kill` into `/api/kill`) and backslashes (lost in Prometheus labels).
     for bad in ["pay\u{202E}ments", "..", ".", "a\\\\b"] {
         std::fs::write(cutover.config_path(), yaml.replace(route, bad)).unwrap();
-        let (code, body) = post(&cutover, "/api/reload", Some(TOKEN), "").await;
+        let (code, body) = admin_post(&cutover, "/api/reload", Some(TOKEN), "").await;
+        let body = json(&body);
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{bad}: {body}");
         assert!(
             body.to_string().contains("without control characters"),

@@ -1,6 +1,10 @@
 //! Shared test harness: real backends on 127.0.0.1:0, the real `cutover` binary as a child
 //! process on ports it picks itself (read back from its startup line), and plain clients.
+//! Raw sockets (client and backend) are in `raw`, admin API writes in `admin`.
 #![allow(dead_code)]
+
+pub mod admin;
+pub mod raw;
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
@@ -19,8 +23,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cutover");
 
@@ -132,26 +135,6 @@ async fn handle(
         .headers_mut()
         .insert("x-backend", http::HeaderValue::from_static(name));
     Ok(response)
-}
-
-/// A raw TCP backend that answers every connection with `reply` bytes, then closes.
-pub async fn raw_backend(reply: &'static [u8]) -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 8192];
-                let _ = stream.read(&mut buf).await;
-                let _ = stream.write_all(reply).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
 }
 
 /// A WebSocket server that echoes every text and binary message.
@@ -389,16 +372,6 @@ pub async fn send(
     let headers = response.headers().clone();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, headers, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// Sends raw bytes on a fresh connection and returns everything read until the peer
-/// closes or `timeout` passes.
-pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A config with one catch-all route split between `backends` (name, url, percent).

@@ -1,0 +1,42 @@
+//! The admin API's write side: the one bearer token the tests configure, and POSTs to it.
+
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::{client, send, Cutover};
+
+/// The admin token every test that writes to the admin API configures.
+pub const TOKEN: &str = "s3cret-token";
+
+/// The environment that configures `TOKEN`, for `Cutover::start_with_env` and `restart`.
+pub const ADMIN_ENV: &[(&str, &str)] = &[("CUTOVER_ADMIN_TOKEN", TOKEN)];
+
+/// POSTs `body` to `path` on the admin listener, with `Authorization: Bearer TOKEN` when a
+/// token is given: (status, body).
+pub async fn admin_post(
+    cutover: &Cutover,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .as_deref()
+        .map(|b| vec![("authorization", b)])
+        .unwrap_or_default();
+    let (status, _, body) = send(
+        &client(),
+        cutover.admin,
+        "POST",
+        path,
+        &headers,
+        Bytes::from(body.to_owned()),
+    )
+    .await;
+    (status, body)
+}
+
+/// An admin API answer read as JSON; `Null` when it is not JSON.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
