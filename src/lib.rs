@@ -1,17 +1,20 @@
 //! cutover: a reverse proxy that moves traffic from a legacy service to its replacement a
 //! percentage at a time (the Strangler Fig pattern), with hot-reloaded YAML.
 //!
-//! The module map, top to bottom; a module imports only from the groups below it:
+//! The module map, top to bottom. Each file imports only from files below it
+//! (`tests/layering.rs` checks that there is no cycle):
 //!
-//! - [`server`]: the process lifecycle: bind the listeners, start the control plane, drain.
-//! - The listeners' handlers: [`proxy`] (the request path: check → match → pick → forward →
-//!   record), [`admin`] (admin API, status page, and the CLI's client for it) and
-//!   [`flags_api`] (OFREP); all three accept through [`listener`].
-//! - [`control`]: the control plane, the one writer of the live [`snapshot`]: reloads from
-//!   file events, SIGHUP and the API; kills from the API and the guard; `state_file`.
+//! - [`server`]: the process lifecycle: start the control plane, bind the listeners, drain.
+//! - The handlers: [`proxy`] (`proxy/mod.rs`, the request path as phases), [`admin`] and
+//!   [`flags_api`], all accepting through [`listener`]; and [`control`] (`control/mod.rs`, the
+//!   one writer of the live snapshot, and `control/reload.rs`, what triggers a reload).
 //! - [`snapshot`]: one immutable value per config generation, one compiled route each.
-//! - Leaves: [`config`] (parse, validate), [`flags`] (model and evaluator), [`bucket`],
-//!   [`error`], [`telemetry`], [`ordered_map`], [`bearer`].
+//! - What a snapshot is made of: `proxy::{upstream, pool}` (backends and their connections),
+//!   `control::{guard, window, overrides}`, and [`config`] (parse, validate) with
+//!   `proxy::routing` (matchers, buckets); the request path's helpers `proxy::{headers,
+//!   hygiene, body, tunnel}`.
+//! - Leaves: [`flags`] (model and evaluator), [`bucket`], [`error`], [`telemetry`],
+//!   [`ordered_map`], [`bearer`].
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

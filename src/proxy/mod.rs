@@ -1,4 +1,4 @@
-//! The request path, as phases over one per-request [`Exchange`]:
+//! The request path, as phases over one per-request `Exchange`:
 //!
 //! 1. **check**: the head is well-formed enough to route ([`hygiene`], framing from the listener);
 //! 2. **match**: the first route whose conditions hold (one snapshot load per request);
