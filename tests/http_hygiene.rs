@@ -855,3 +855,34 @@ async fn silent_connection_is_cut_off_after_client_header_timeout() {
     // A client that connects and sends nothing holds a connection just the same.
     assert_cut_off_after_header_timeout(b"").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_flags_listeners_cut_off_slow_heads_too() {
+    let backend = Backend::start("legacy").await;
+    let cutover = proxy_to(
+        &backend.url(),
+        "client_header_timeout: 1s\nflags_api: { listen: 127.0.0.1:0 }\n",
+    );
+    let flags = cutover.flags.expect("a flags listener");
+    let partial: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: a.exa";
+    let stalls = [
+        (cutover.admin, partial),
+        (cutover.admin, &b""[..]),
+        (flags, partial),
+        (flags, &b""[..]),
+    ];
+    let elapsed =
+        futures_util::future::join_all(stalls.map(|(addr, sent)| time_until_closed(addr, sent)))
+            .await;
+    for (elapsed, (addr, sent)) in elapsed.into_iter().zip(stalls) {
+        let what = format!("{addr} after {:?}", String::from_utf8_lossy(sent));
+        assert!(
+            elapsed >= Duration::from_millis(800),
+            "{what}: closed too early: {elapsed:?}"
+        );
+        assert!(
+            elapsed <= Duration::from_secs(3),
+            "{what}: closed too late: {elapsed:?}"
+        );
+    }
+}
