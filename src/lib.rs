@@ -35,3 +35,5 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;

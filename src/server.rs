@@ -70,6 +70,8 @@ pub struct Server {
     admin: Arc<Admin>,
     shutdown: watch::Sender<bool>,
     proxy_task: JoinHandle<GracefulShutdown>,
+    /// Applies guard trips; ends once the proxy (which sends them) is gone.
+    trips_task: JoinHandle<()>,
 }
 
 impl Server {
@@ -106,7 +108,7 @@ impl Server {
         }
         reload::reload_on_sighup(control.clone()).context("installing the SIGHUP handler")?;
         let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(control.clone().apply_trips(tripped));
+        let trips_task = tokio::spawn(control.clone().apply_trips(tripped));
 
         if token.is_none() {
             tracing::warn!(
@@ -182,18 +184,21 @@ impl Server {
             admin,
             shutdown,
             proxy_task,
+            trips_task,
         })
     }
 
-    /// Stops accepting on every listener and lets proxied requests in flight finish, for up to
-    /// `shutdown_timeout`. Admin and flag connections (event streams never end) are not waited for.
+    /// Stops accepting on every listener and lets proxied requests in flight finish, then the
+    /// guard trips they caused be applied and written, all within `shutdown_timeout`. Admin and
+    /// flag connections (event streams never end) are not waited for.
     pub async fn shutdown(self) {
         self.admin.ready.store(false, Ordering::Release);
         let grace = self.control.live().load().config.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + grace;
         tracing::info!("shutting down: finishing in-flight requests (up to {grace:?})");
         let _ = self.shutdown.send(true);
         if let Ok(graceful) = self.proxy_task.await {
-            if tokio::time::timeout(grace, graceful.shutdown())
+            if tokio::time::timeout_at(deadline, graceful.shutdown())
                 .await
                 .is_err()
             {
@@ -201,6 +206,12 @@ impl Server {
                     "shutdown_timeout passed with requests still in flight; closing them"
                 );
             }
+        }
+        if tokio::time::timeout_at(deadline, self.trips_task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown_timeout passed before every guard trip was applied");
         }
     }
 }
@@ -261,4 +272,52 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
         _ = interrupt.recv() => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::testing::{backend, get};
+
+    /// A trip still queued behind a busy control plane when SIGTERM comes is applied and
+    /// written before the process exits: a restart must not send traffic back to v2.
+    #[tokio::test]
+    async fn shutdown_applies_and_writes_a_queued_guard_trip() {
+        let legacy = backend(200, "legacy").await;
+        let v2 = backend(500, "v2").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_file: state.json\n\
+                 backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{v2}\" }}\n\
+                 routes:\n  - name: pay\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n\
+                 \x20   guard: {{ max_error_rate: 5, min_requests: 2, window: 30s }}\n"
+            ),
+        )
+        .unwrap();
+        let server = Server::start(&path, None).await.unwrap();
+        let control = server.control.clone();
+        let proxy = server.proxy_addr;
+        let busy = control.hold();
+        for _ in 0..2 {
+            assert_eq!(get(proxy, "/").await.0, 500);
+        }
+        let shutdown = tokio::spawn(server.shutdown());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !shutdown.is_finished(),
+            "shut down with a guard trip still queued"
+        );
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(5), shutdown)
+            .await
+            .expect("shutdown never finished")
+            .unwrap();
+        let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
+        assert!(state.contains("guard: v2"), "{state}");
+    }
 }

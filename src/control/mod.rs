@@ -358,17 +358,13 @@ impl Control {
         names: Option<&[&str]>,
         kill: Kill,
     ) -> Result<OverrideOutcome, ControlError> {
-        self.change(switch, names, |killed, name| {
-            if killed.contains_key(name) {
-                return false;
-            }
-            killed.insert(name.to_owned(), kill.clone());
-            true
-        })
+        let state = self.lock();
+        self.change(&state, switch, names, add(kill))
     }
 
     /// Removes runtime kills (all for `None`); the YAML applies again. A kill written in the
-    /// YAML is undone in the YAML, so resuming one is refused.
+    /// YAML is undone in the YAML, so resuming one is refused. A guard trip not yet applied is
+    /// called off too: the operator has the last word.
     pub fn resume(
         &self,
         switch: Switch,
@@ -386,16 +382,30 @@ impl Control {
                 ));
             }
         }
-        self.change(switch, names, |killed, name| killed.remove(name).is_some())
+        let state = self.lock();
+        if switch == Switch::Route {
+            // Before the resumed snapshot is published, so no request finds neither the kill
+            // nor the mark.
+            let current = self.live.load();
+            current
+                .routes
+                .iter()
+                .filter(|route| names.is_none_or(|names| names.contains(&&*route.name)))
+                .for_each(|route| route.runtime.clear_trip());
+        }
+        self.change(&state, switch, names, |killed, name| {
+            killed.remove(name).is_some()
+        })
     }
 
+    /// Applies `change` to the named switches' runtime kills, under the lock `_held`.
     fn change(
         &self,
+        _held: &MutexGuard<'_, ControlState>,
         switch: Switch,
         names: Option<&[&str]>,
         mut change: impl FnMut(&mut BTreeMap<String, Kill>, &str) -> bool,
     ) -> Result<OverrideOutcome, ControlError> {
-        let _state = self.lock();
         let current = self.live.load_full();
         let all = switch.names(&current.config);
         let names = match names {
@@ -444,34 +454,53 @@ impl Control {
 
     /// Applies guard trips as the request path reports them, one at a time and off the
     /// runtime's workers: each kill is published with one swap, then written to `state_file`.
+    /// Returns once every sender is gone (the proxy has drained) and the queue is empty.
     pub async fn apply_trips(self: Arc<Self>, mut trips: TripReceiver) {
         while let Some(trip) = trips.recv().await {
             let control = self.clone();
+            let route = trip.route.clone();
             if let Err(err) = tokio::task::spawn_blocking(move || control.guard_trip(trip)).await {
-                tracing::error!(error = %err, "applying a guard trip failed");
+                // Let the route serve its split again, and its guard trip again, rather than
+                // hold it on stable with nothing to show for it.
+                tracing::error!(%route, error = %err, "applying a guard trip failed");
+                if let Some(route) = self.live.load().route(&route) {
+                    route.runtime.clear_trip();
+                }
             }
         }
     }
 
-    /// Kills the tripped route unless it already is (or is gone), then clears the trip mark
-    /// that held it on stable until now.
+    /// Kills the tripped route, unless it is gone, already killed, or was resumed since the
+    /// trip. The trip's mark stays until a resume: it and the kill both hold the route on
+    /// stable, so no request slips through between the two.
     fn guard_trip(&self, trip: Trip) -> bool {
-        let kill = Kill::now(KillSource::Guard, trip.reason.clone());
-        let outcome = self.kill(Switch::Route, Some(&[&trip.route]), kill);
-        let current = self.live.load();
-        let route = current.route(&trip.route);
-        if let Some(route) = route {
-            route.runtime.trip_handled();
+        let state = self.lock();
+        let current = self.live.load_full();
+        let Some(route) = current.route(&trip.route) else {
+            return false;
+        };
+        if !route.runtime.is_tripped() {
+            return false;
         }
-        match outcome {
+        let kill = Kill::now(KillSource::Guard, trip.reason.clone());
+        match self.change(&state, Switch::Route, Some(&[&trip.route]), add(kill)) {
             Ok(outcome) if !outcome.changed.is_empty() => {
-                if let Some(route) = route {
-                    route.telemetry.guard_trips.increment(1);
-                }
+                route.telemetry.guard_trips.increment(1);
                 tracing::warn!(route = %trip.route, "guard tripped, route killed: {}", trip.reason);
                 true
             }
             _ => false,
         }
+    }
+}
+
+/// A change that kills whatever is not killed yet.
+fn add(kill: Kill) -> impl FnMut(&mut BTreeMap<String, Kill>, &str) -> bool {
+    move |killed, name| {
+        if killed.contains_key(name) {
+            return false;
+        }
+        killed.insert(name.to_owned(), kill.clone());
+        true
     }
 }

@@ -129,21 +129,42 @@ fn a_kill_in_the_yaml_is_resumed_in_the_yaml() {
     ));
 }
 
+fn trip() -> Trip {
+    Trip {
+        route: "payments".into(),
+        reason: "guard: v2 50.0% errors > 5% over 30s (10 of 20 requests)".into(),
+    }
+}
+
 #[test]
-fn a_guard_trip_kills_once_and_clears_its_mark() {
+fn a_guard_trip_kills_once_and_holds_until_a_resume() {
     let files = Files::with(ROUTES);
     let control = Control::start(&files.config()).unwrap();
     let runtime = control.live().load().routes[0].runtime.clone();
     assert!(runtime.trip());
-    let trip = Trip {
-        route: "payments".into(),
-        reason: "guard: v2 50.0% errors > 5% over 30s (10 of 20 requests)".into(),
-    };
-    assert!(control.guard_trip(trip.clone()));
+    assert!(control.guard_trip(trip()));
     let kill = control.live().load().routes[0].kill.clone().unwrap();
     assert_eq!(kill.by, KillSource::Guard);
-    assert_eq!(kill.reason, trip.reason);
-    assert!(runtime.trip(), "the mark was not cleared");
+    assert_eq!(kill.reason, trip().reason);
+    assert!(
+        runtime.is_tripped(),
+        "the mark holds with the kill, so nothing slips between"
+    );
     // Already killed: nothing more to do.
-    assert!(!control.guard_trip(trip));
+    assert!(!control.guard_trip(trip()));
+    control.resume(Switch::Route, Some(&["payments"])).unwrap();
+    assert!(!runtime.is_tripped());
+    assert!(!control.live().load().routes[0].is_killed());
+}
+
+#[test]
+fn a_resume_calls_off_a_trip_not_yet_applied() {
+    let files = Files::with(ROUTES);
+    let control = Control::start(&files.config()).unwrap();
+    let runtime = control.live().load().routes[0].runtime.clone();
+    assert!(runtime.trip());
+    let outcome = control.resume(Switch::Route, None).unwrap();
+    assert!(outcome.changed.is_empty());
+    assert!(!control.guard_trip(trip()), "a trip called off was applied");
+    assert!(!control.live().load().routes[0].is_killed());
 }

@@ -76,6 +76,15 @@ impl Exchange {
     }
 }
 
+/// Why the forward phase has no response to relay.
+enum Unanswered {
+    /// Nothing reached a backend (the client's body or target failed first): cutover answers
+    /// for itself, and no backend is counted.
+    Unsent(ProxyError),
+    /// A backend was tried and gave no usable response.
+    Failed(ProxyError),
+}
+
 /// How an attempt at a backend ended.
 #[derive(Clone, Copy)]
 enum Outcome<'a> {
@@ -136,10 +145,18 @@ impl Proxy {
         let response = match self
             .forward(&mut exchange, head, body, upgrade.is_some())
             .await
-            .and_then(|response| valid_response(response, client_upgrade.is_some()))
-        {
+            .and_then(|response| {
+                valid_response(response, client_upgrade.is_some()).map_err(Unanswered::Failed)
+            }) {
             Ok(response) => response,
-            Err(err) => return self.fail(exchange, &err),
+            Err(Unanswered::Failed(err)) => return self.fail(exchange, &err),
+            Err(Unanswered::Unsent(err)) => {
+                return local(
+                    err.status(),
+                    err.kind(),
+                    format!("cutover: {}\n", err.describe()),
+                )
+            }
         };
 
         // Respond, then record.
@@ -157,19 +174,19 @@ impl Proxy {
         head: Parts,
         body: Incoming,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> Result<Response<Incoming>, Unanswered> {
         let route = exchange.route();
         let strip = route.strip;
         let replayable = route.fallback && exchange.target != 0 && !upgrade && is_replayable(&head);
         if !replayable {
             let upstream = &exchange.target().backend;
             let request = outbound(upstream, head, strip, Either::Left(body))?;
-            return upstream.send(request).await;
+            return upstream.send(request).await.map_err(Unanswered::Failed);
         }
         let body = Limited::new(body, MAX_REPLAY_BODY as usize)
             .collect()
             .await
-            .map_err(|_| ProxyError::ClientBody)?
+            .map_err(|_| Unanswered::Unsent(ProxyError::ClientBody))?
             .to_bytes();
         let upstream = &exchange.target().backend;
         let first = outbound(
@@ -181,7 +198,7 @@ impl Proxy {
         let err = match upstream.send(first).await {
             Ok(response) => return Ok(response),
             Err(err) if err.allows_fallback() => err,
-            Err(err) => return Err(err),
+            Err(err) => return Err(Unanswered::Failed(err)),
         };
         // Count the failure where it happened, then replay on stable.
         self.observe(exchange, exchange.target, Outcome::Failed(&err));
@@ -191,7 +208,7 @@ impl Proxy {
         exchange.fell_back = true;
         let stable = &exchange.target().backend;
         let replay = outbound(stable, head, strip, Either::Right(Full::new(body)))?;
-        stable.send(replay).await
+        stable.send(replay).await.map_err(Unanswered::Failed)
     }
 
     /// Answers a failed exchange with cutover's own error, and records it.
@@ -400,10 +417,10 @@ fn outbound(
     mut head: Parts,
     strip: usize,
     body: UpstreamBody,
-) -> Result<Request<UpstreamBody>, ProxyError> {
+) -> Result<Request<UpstreamBody>, Unanswered> {
     head.uri = upstream
         .uri_for(&head.uri, strip)
-        .map_err(|_| ProxyError::BadTarget)?;
+        .map_err(|_| Unanswered::Unsent(ProxyError::BadTarget))?;
     head.version = upstream.version();
     Ok(Request::from_parts(head, body))
 }
