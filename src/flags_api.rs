@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use crate::bearer::{self, Bearer};
 use crate::control::FlagChange;
 use crate::flags::{evaluate, Context};
-use crate::listener::Limits;
+use crate::listener::{Connection, Limits};
 use crate::snapshot::{LiveSnapshot, Snapshot};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -375,9 +375,13 @@ pub async fn serve(
         "flags API",
         limits,
         shutdown,
-        move |req, arrival| {
-            let ambiguous = arrival.ambiguous_framing;
-            api.clone().handle(req, ambiguous)
+        move |conn: Connection| {
+            let api = api.clone();
+            move |req| {
+                let api = api.clone();
+                let ambiguous = conn.next_request_is_ambiguous();
+                async move { Ok::<_, Infallible>(api.handle(req, ambiguous).await) }
+            }
         },
     )
     .await

@@ -2,6 +2,7 @@
 //! accepting and let in-flight requests finish for up to `shutdown_timeout`.
 //! Listeners live for the process; reloads swap data only.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::control::reload;
 use crate::control::Control;
 use crate::flags_api::{self, FlagsApi};
-use crate::listener::{self, Limits};
+use crate::listener::{self, Connection, Limits};
 use crate::proxy::Proxy;
 use crate::telemetry;
 
@@ -132,11 +133,14 @@ impl Server {
             "proxy",
             limits,
             shutdown_rx.clone(),
-            move |req, arrival| {
+            move |conn: Connection| {
                 let proxy = proxy.clone();
-                let peer = arrival.peer.clone();
-                let ambiguous = arrival.ambiguous_framing;
-                async move { proxy.handle(req, peer, ambiguous).await }
+                move |req| {
+                    let proxy = proxy.clone();
+                    let peer = conn.peer.clone();
+                    let ambiguous = conn.next_request_is_ambiguous();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, peer, ambiguous).await) }
+                }
             },
         ));
         if let Some(listener) = flags_listener {

@@ -21,6 +21,7 @@ pub mod page;
 pub mod status;
 
 use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -41,7 +42,7 @@ use crate::admin::status::Status;
 use crate::bearer::{self, Bearer};
 use crate::control::overrides::{Kill, KillSource};
 use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
-use crate::listener::Limits;
+use crate::listener::{Connection, Limits};
 
 const MAX_BODY: usize = 64 * 1024;
 
@@ -322,9 +323,13 @@ pub async fn serve(
         "admin API",
         limits,
         shutdown,
-        move |req, arrival| {
-            let ambiguous = arrival.ambiguous_framing;
-            admin.clone().handle(req, ambiguous)
+        move |conn: Connection| {
+            let admin = admin.clone();
+            move |req| {
+                let admin = admin.clone();
+                let ambiguous = conn.next_request_is_ambiguous();
+                async move { Ok::<_, Infallible>(admin.handle(req, ambiguous).await) }
+            }
         },
     )
     .await

@@ -55,28 +55,38 @@ impl Peer {
     }
 }
 
-/// What a handler learns about the request beyond the request itself.
-#[derive(Clone, Copy)]
-pub struct Arrival<'a> {
-    pub peer: &'a Peer,
-    /// The raw head had conflicting length fields that hyper resolved on its own (see
-    /// [`framing`]): the request must be refused, never served.
-    pub ambiguous_framing: bool,
+/// One accepted connection, as its handler sees it.
+pub struct Connection {
+    pub peer: Peer,
+    framing: Arc<FramingWatch>,
 }
 
-/// Serves `handle` on `listener` until `shutdown` flips, then hands back the tracker of the
-/// connections still open so the caller can drain them (or drop it to cut them). `what` names
-/// the listener in logs.
-pub async fn serve<H, F, B>(
+impl Connection {
+    /// Called once per request, in order: true when the raw head of this request had
+    /// conflicting length fields that hyper resolved on its own (see [`framing`]). Such a
+    /// request must be refused, never served.
+    pub fn next_request_is_ambiguous(&self) -> bool {
+        self.framing.next_request_is_ambiguous()
+    }
+}
+
+/// Serves `listener` until `shutdown` flips, then hands back the tracker of the connections
+/// still open so the caller can drain them (or drop it to cut them). `what` names the
+/// listener in logs. `per_connection` makes each connection's request handler.
+///
+/// The handler builds the request future itself and hands it to hyper as it is: a layer in
+/// between would move the proxy's request future (kilobytes) once more per request.
+pub async fn serve<M, H, F, B>(
     listener: TcpListener,
     what: &'static str,
     limits: Limits,
     mut shutdown: watch::Receiver<bool>,
-    handle: H,
+    per_connection: M,
 ) -> GracefulShutdown
 where
-    H: Fn(Request<Incoming>, Arrival<'_>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<B>> + Send + 'static,
+    M: Fn(Connection) -> H + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -109,24 +119,19 @@ where
             _ = shutdown.changed() => return graceful,
         };
         let _ = stream.set_nodelay(true);
-        let handle = handle.clone();
+        let per_connection = per_connection.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             if !first_bytes_arrive(&stream, limits.header_timeout).await {
                 return;
             }
-            let watch = Arc::new(FramingWatch::default());
-            let io = TokioIo::new(Sniffed::new(stream, watch.clone()));
-            let peer = Peer::new(addr);
-            let service = service_fn(move |req: Request<Incoming>| {
-                let arrival = Arrival {
-                    peer: &peer,
-                    ambiguous_framing: watch.next_request_is_ambiguous(),
-                };
-                let response = handle(req, arrival);
-                async move { Ok::<_, Infallible>(response.await) }
-            });
+            let framing = Arc::new(FramingWatch::default());
+            let io = TokioIo::new(Sniffed::new(stream, framing.clone()));
+            let service = service_fn(per_connection(Connection {
+                peer: Peer::new(addr),
+                framing,
+            }));
             let conn = builder.serve_connection_with_upgrades(io, service);
             if let Err(err) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");

@@ -142,13 +142,14 @@ impl Proxy {
             &peer,
             peer_trusted,
         );
-        let response = match self
+        let forwarded = self
             .forward(&mut exchange, head, body, upgrade.is_some())
-            .await
-            .and_then(|response| {
-                valid_response(response, client_upgrade.is_some()).map_err(Unanswered::Failed)
-            }) {
-            Ok(response) => response,
+            .await;
+        let response = match forwarded {
+            Ok(response) => match valid_response(&response, client_upgrade.is_some()) {
+                Ok(()) => response,
+                Err(err) => return self.fail(exchange, &err),
+            },
             Err(Unanswered::Failed(err)) => return self.fail(exchange, &err),
             Err(Unanswered::Unsent(err)) => {
                 return local(
@@ -219,12 +220,14 @@ impl Proxy {
     }
 
     /// The last phase: the exchange's outcome is counted for the backend that served it.
+    #[inline]
     fn record(&self, exchange: Exchange, outcome: Outcome<'_>) {
         self.observe(&exchange, exchange.target, outcome);
     }
 
     /// Counts one attempt at `target`: metrics, the live window and, after an error, the guard.
     /// A failure the client caused is counted by status only: it says nothing of the backend.
+    #[inline]
     fn observe(&self, exchange: &Exchange, target: usize, outcome: Outcome<'_>) {
         let route = exchange.route();
         let served = &route.targets[target];
@@ -269,6 +272,7 @@ impl Proxy {
 }
 
 /// The check phase: a request whose framing or addressing is ambiguous is never routed.
+#[inline]
 fn check<B>(req: &Request<B>, ambiguous_framing: bool) -> Result<Option<Addressed>, Rejection> {
     if ambiguous_framing {
         return Err(Rejection::AmbiguousFraming);
@@ -277,6 +281,7 @@ fn check<B>(req: &Request<B>, ambiguous_framing: bool) -> Result<Option<Addresse
 }
 
 /// The match and pick phases. Allocates nothing.
+#[inline]
 fn pick<B>(
     snapshot: Arc<Snapshot>,
     req: &Request<B>,
@@ -305,6 +310,7 @@ fn pick<B>(
 
 /// The head as the backend must see it: hop-by-hop fields removed (a WebSocket `Upgrade`
 /// kept), `Host` from the target when the client named it there, `X-Forwarded-*`, a request id.
+#[inline]
 fn rewrite_head(
     head: &mut Parts,
     upgrade: Option<HeaderValue>,
@@ -331,10 +337,7 @@ fn rewrite_head(
 
 /// A backend's response that could be read two ways, or a 101 nobody asked for, must not be
 /// relayed in either reading.
-fn valid_response<B>(
-    response: Response<B>,
-    asked_upgrade: bool,
-) -> Result<Response<B>, ProxyError> {
+fn valid_response<B>(response: &Response<B>, asked_upgrade: bool) -> Result<(), ProxyError> {
     let headers = response.headers();
     if headers.contains_key(http::header::TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH)
     {
@@ -347,11 +350,12 @@ fn valid_response<B>(
             "101 to a request that asked for no upgrade".into(),
         ));
     }
-    Ok(response)
+    Ok(())
 }
 
 /// The respond phase: the backend's response as the client gets it. A 101 starts the tunnel;
 /// anything from a non-stable backend can be cut by a kill after `kill_grace`.
+#[inline]
 fn respond(
     exchange: &Exchange,
     mut response: Response<Incoming>,

@@ -47,10 +47,16 @@ async fn start(routes_yaml: &str) -> Running {
         "proxy",
         limits,
         stopped,
-        move |req, arrival| {
+        move |conn: listener::Connection| {
             let proxy = proxy.clone();
-            let peer = arrival.peer.clone();
-            async move { proxy.handle(req, peer, false).await }
+            move |req| {
+                let proxy = proxy.clone();
+                let peer = conn.peer.clone();
+                let ambiguous = conn.next_request_is_ambiguous();
+                async move {
+                    Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, ambiguous).await)
+                }
+            }
         },
     ));
     Running {
@@ -200,14 +206,14 @@ fn responses_that_could_be_read_two_ways_are_refused() {
         .body(())
         .unwrap();
     assert!(matches!(
-        valid_response(both, false),
+        valid_response(&both, false),
         Err(ProxyError::Protocol(_))
     ));
     let unasked = Response::builder().status(101).body(()).unwrap();
     assert!(matches!(
-        valid_response(unasked, false),
+        valid_response(&unasked, false),
         Err(ProxyError::Protocol(_))
     ));
     let asked = Response::builder().status(101).body(()).unwrap();
-    assert!(valid_response(asked, true).is_ok());
+    assert!(valid_response(&asked, true).is_ok());
 }
