@@ -93,24 +93,10 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// 0.5 ms to 10 s, roughly ×2 per bucket.
-const DURATION_BUCKETS: [f64; 16] = [
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    f64::INFINITY,
+/// 0.5 ms to 10 s, roughly ×2 per bucket. The exporter adds the `+Inf` bucket itself; listing
+/// infinity here too would export it twice (`le="inf"` beside `le="+Inf"`).
+const DURATION_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
 
 const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];

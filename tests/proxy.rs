@@ -274,3 +274,27 @@ async fn graceful_shutdown_lets_a_slow_request_finish() {
     assert!(exit.success(), "{exit}");
     assert!(raw::try_connect(proxy).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duration_histogram_has_one_infinite_bucket() {
+    let legacy = Backend::start("legacy").await;
+    let cutover = Cutover::start(&split_config(&[("legacy", &legacy.url(), 100.0)], ""));
+    let client = common::client();
+    let (status, _, _) = send(&client, cutover.proxy, "GET", "/", &[], Bytes::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, _, metrics) = common::get(cutover.admin, "/metrics", &[]).await;
+    let buckets: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("cutover_request_duration_seconds_bucket{"))
+        .collect();
+    let infinite: Vec<&&str> = buckets
+        .iter()
+        .filter(|l| l.to_ascii_lowercase().contains("le=\"+inf\"") || l.contains("le=\"inf\""))
+        .collect();
+    assert_eq!(infinite.len(), 1, "{buckets:#?}");
+    assert!(
+        infinite[0].contains("le=\"+Inf\"") && infinite[0].ends_with(" 1"),
+        "{infinite:?}"
+    );
+    assert_eq!(buckets.len(), 16, "15 finite bounds and +Inf: {buckets:#?}");
+}
