@@ -45,8 +45,10 @@ async fn a_websocket_to_the_killed_backend_closes_after_kill_grace() {
         "before"
     );
 
-    kill(&cutover).await;
+    // The grace starts when the kill is published, which is before the API answers (the answer
+    // waits for `state_file`): time it from the request, the earliest the kill can start.
     let killed = Instant::now();
+    kill(&cutover).await;
     // Within the grace period the tunnel still works.
     ws.send(Message::text("during grace")).await.unwrap();
     let reply = ws.next().await.unwrap().unwrap();
@@ -95,8 +97,10 @@ async fn a_streamed_response_from_the_killed_backend_ends_after_kill_grace() {
         "no tick before close or 10 s: {:?}",
         client.text()
     );
-    kill(&cutover).await;
+    // The grace starts when the kill is published, which is before the API answers (the answer
+    // waits for `state_file`): time it from the request, the earliest the kill can start.
     let killed = Instant::now();
+    kill(&cutover).await;
     client.read_until(Duration::from_secs(5), until_close).await;
     assert!(client.closed, "the stream outlived kill_grace by seconds");
     let after = killed.elapsed();

@@ -242,3 +242,71 @@ async fn a_busy_directory_neither_delays_nor_repeats_reloads() {
         cutover.logs()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_or_routeless_file_is_rejected_and_the_last_good_config_serves() {
+    let (legacy, new) = two_backends().await;
+    let cutover = Cutover::start(&all_to(&legacy, &new, false));
+    write_in_place(&cutover.config_path(), "");
+    cutover.wait_for_log("no routes", Duration::from_secs(3));
+    let head: String = all_to(&legacy, &new, false)
+        .split("routes:")
+        .next()
+        .unwrap()
+        .to_owned();
+    write_in_place(&cutover.config_path(), &format!("{head}routes: []\n"));
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let errors = r#"cutover_config_reloads_total{result="error"}"#;
+    while cutover.metric(errors).await != Some(2.0) {
+        assert!(Instant::now() < deadline, "{}", cutover.logs());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, _, body) = get(cutover.proxy, "/", &[]).await;
+    assert_eq!((status, body.trim()), (StatusCode::OK, "legacy"));
+    assert_eq!(cutover.metric("cutover_config_generation").await, Some(1.0));
+}
+
+/// A reload triggered while an editor is halfway through writing the file in place must not
+/// serve the half: here the first half parses and validates, but lacks the catch-all route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_caught_mid_write_is_never_applied() {
+    let (legacy, new) = two_backends().await;
+    let full = all_to(&legacy, &new, false).replace(
+        "routes:\n",
+        "routes:\n  - name: api\n    match: { path_prefix: /api }\n    split: { new: 100 }\n",
+    );
+    let cut = full.find("  - name: main").unwrap();
+    let cutover = Arc::new(Cutover::start(&full));
+    let writing = Arc::new(AtomicBool::new(true));
+    let writer = {
+        let (cutover, writing) = (cutover.clone(), writing.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            for _ in 0..15 {
+                let mut file = std::fs::File::create(cutover.config_path()).unwrap();
+                file.write_all(&full.as_bytes()[..cut]).unwrap();
+                // The reload starts while the file holds only its first half.
+                cutover.signal("HUP");
+                std::thread::sleep(Duration::from_millis(5));
+                file.write_all(&full.as_bytes()[cut..]).unwrap();
+                drop(file);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+            writing.store(false, Ordering::Release);
+        })
+    };
+    let mut answered = 0;
+    while writing.load(Ordering::Acquire) {
+        let (status, _, body) = get(cutover.proxy, "/", &[]).await;
+        assert_eq!(
+            (status, body.trim()),
+            (StatusCode::OK, "legacy"),
+            "a half-written config was served\n{}",
+            cutover.logs()
+        );
+        answered += 1;
+    }
+    writer.await.unwrap();
+    assert!(answered > 100, "only {answered} requests during the writes");
+    assert_eq!(cutover.metric("cutover_config_generation").await, Some(1.0));
+}

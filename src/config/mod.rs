@@ -10,6 +10,7 @@ mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 pub use diff::describe_changes;
 pub use locate::Location;
@@ -89,6 +90,37 @@ pub fn read(path: &Path) -> (Loaded, Sources) {
     }
 }
 
+/// How long two reads of a config's files must agree before their content is used.
+const SETTLE: Duration = Duration::from_millis(100);
+/// How long the files may keep changing before a reload gives up on them for now.
+const SETTLE_LIMIT: Duration = Duration::from_secs(2);
+
+/// [`read`], using only content that stayed the same across two reads [`SETTLE`] apart: a file
+/// caught in the middle of an in-place write is never compiled, even when its first half
+/// happens to parse (and would drop routes). Blocks the calling thread for that long.
+pub fn read_settled(path: &Path) -> (Loaded, Sources) {
+    let started = Instant::now();
+    let mut last = read(path);
+    loop {
+        std::thread::sleep(SETTLE);
+        if last.1.unchanged() {
+            return last;
+        }
+        if started.elapsed() >= SETTLE_LIMIT {
+            let error = ConfigError {
+                file: path.to_path_buf(),
+                location: None,
+                path: String::new(),
+                message: format!(
+                    "still changing after {SETTLE_LIMIT:?}; not applied until two reads agree"
+                ),
+            };
+            return (Err(vec![error]), last.1);
+        }
+        last = read(path);
+    }
+}
+
 /// Parses and validates `text` as if it were the file at `path` (which is not read; a
 /// `flags_file` it names is).
 pub fn compile_text(path: &Path, text: &str) -> Loaded {
@@ -157,4 +189,17 @@ fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ParseError> {
         }
         ParseError { location, message }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_never_settles_is_not_compiled() {
+        // Its content changes every 10 ms, faster than two reads can agree.
+        let (loaded, _) = read_settled(Path::new("/proc/uptime"));
+        let errors = loaded.err().unwrap();
+        assert!(errors[0].message.contains("still changing"), "{errors:?}");
+    }
 }

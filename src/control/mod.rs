@@ -111,6 +111,20 @@ struct ControlState {
     last: LastReload,
 }
 
+impl ControlState {
+    /// The outcome of reading what was read last time: as it was then.
+    fn same_again(&self) -> ReloadOutcome {
+        match &self.last_errors {
+            Some(errors) => ReloadOutcome::Rejected {
+                errors: errors.clone(),
+            },
+            None => ReloadOutcome::Unchanged {
+                generation: self.generation,
+            },
+        }
+    }
+}
+
 /// Announced to flag event subscribers whenever what any flag serves may have changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FlagChange {
@@ -238,18 +252,16 @@ impl Control {
     fn reload_locked(&self, state: &mut ControlState, trigger: &'static str) -> ReloadOutcome {
         state.same_sources = state.sources.unchanged();
         if state.same_sources {
-            return match &state.last_errors {
-                Some(errors) => ReloadOutcome::Rejected {
-                    errors: errors.clone(),
-                },
-                None => ReloadOutcome::Unchanged {
-                    generation: state.generation,
-                },
-            };
+            return state.same_again();
         }
-        let (loaded, sources) = config::read(&self.path);
+        let (loaded, sources) = config::read_settled(&self.path);
         // Announced on every read, so the watcher also retries a directory it could not watch.
         self.watched.send_replace(sources.paths());
+        // Caught mid-write, the files may have settled back to what is already served.
+        state.same_sources = sources == state.sources;
+        if state.same_sources {
+            return state.same_again();
+        }
         state.sources = sources;
         let config = match loaded {
             Ok(config) => config,

@@ -128,8 +128,12 @@ pub fn validate(
         }
     }
     if raw.routes.is_empty() {
-        v.warnings
-            .push("no routes: every proxied request will get 404".to_owned());
+        // Most often a file caught empty or half-written: serving it would answer every
+        // request 404, so it is refused like any other broken file.
+        v.error(
+            "routes",
+            "no routes: at least one route is needed (every request would get 404)".to_owned(),
+        );
     }
     for (later, earlier) in route::shadowed_routes(&routes) {
         v.warnings.push(format!(
