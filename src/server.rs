@@ -283,7 +283,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::testing::{backend, get};
+    use crate::testing::{backend, get, post, OneThread};
 
     /// A trip still queued behind a busy control plane when SIGTERM comes is applied and
     /// written before the process exits: a restart must not send traffic back to v2.
@@ -323,5 +323,52 @@ mod tests {
             .unwrap();
         let state = std::fs::read_to_string(dir.path().join("state.json")).unwrap();
         assert!(state.contains("guard: v2"), "{state}");
+    }
+
+    /// An admin kill waits for the control plane (here held busy, as by a slow disk) on a
+    /// blocking thread: on one worker thread, proxied requests keep being answered meanwhile.
+    #[tokio::test]
+    async fn an_admin_kill_waits_for_the_disk_off_the_request_path() {
+        let legacy = backend(200, "legacy").await;
+        let v2 = backend(200, "v2").await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cutover.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_file: state.json\n\
+                 backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{v2}\" }}\n\
+                 routes:\n  - name: pay\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n"
+            ),
+        )
+        .unwrap();
+        let runtime = OneThread::start();
+        let server = runtime
+            .handle
+            .spawn(async move { Server::start(&path, Some("test-token".to_owned())).await })
+            .await
+            .unwrap()
+            .unwrap();
+        let (proxy, admin) = (server.proxy_addr, server.admin_addr);
+        let busy = server.control.hold();
+        let kill =
+            tokio::spawn(async move { post(admin, "/api/routes/pay/kill", "test-token").await });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            !kill.is_finished(),
+            "the kill did not wait for the control plane"
+        );
+        let (status, answer) = get(proxy, "/").await;
+        assert_eq!(status, 200);
+        assert!(answer.ends_with("v2"), "{answer}");
+        drop(busy);
+        let (status, answer) = tokio::time::timeout(Duration::from_secs(5), kill)
+            .await
+            .expect("the kill never finished")
+            .unwrap();
+        assert_eq!(status, 200, "{answer}");
+        let (_, answer) = get(proxy, "/").await;
+        assert!(answer.ends_with("legacy"), "killed, yet: {answer}");
+        runtime.handle.spawn(server.shutdown()).await.unwrap();
     }
 }

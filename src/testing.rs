@@ -41,19 +41,74 @@ pub async fn closed_port() -> SocketAddr {
 
 /// GET `path` on a fresh connection: status, head and body as text. Fails the test after
 /// five seconds rather than hanging it.
-pub async fn get(proxy: SocketAddr, path: &str) -> (u16, String) {
+pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    send(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// An empty POST to `path` with a bearer token, as `get` does it.
+pub async fn post(addr: SocketAddr, path: &str, token: &str) -> (u16, String) {
+    send(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: admin.test\r\nAuthorization: Bearer {token}\r\n\
+             Content-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await
+}
+
+/// Sends a raw request head on a fresh connection and reads the answer until the server closes.
+async fn send(addr: SocketAddr, request: &str) -> (u16, String) {
     let exchange = async {
-        let mut stream = TcpStream::connect(proxy).await.unwrap();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n");
+        let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut answer = String::new();
         stream.read_to_string(&mut answer).await.unwrap();
         answer
     };
+    let first_line = request.lines().next().unwrap_or_default();
     let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
         .await
-        .unwrap_or_else(|_| panic!("GET {path} got no answer within 5 s"));
+        .unwrap_or_else(|_| panic!("{first_line} got no answer within 5 s"));
     let status = answer[9..12].parse().unwrap();
     (status, answer)
+}
+
+/// A runtime with one thread of its own, as `cutover run --threads 1` has: code under test that
+/// blocks its worker stalls this runtime, never the test, which then fails on its timeouts
+/// instead of hanging.
+pub struct OneThread {
+    pub handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl OneThread {
+    pub fn start() -> OneThread {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let _ = runtime.block_on(stopped);
+        });
+        OneThread {
+            handle,
+            stop: Some(stop),
+        }
+    }
+}
+
+impl Drop for OneThread {
+    fn drop(&mut self) {
+        // A stalled runtime is left to the process exit rather than joined.
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
 }

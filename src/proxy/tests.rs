@@ -13,17 +13,19 @@ use super::*;
 use crate::control::Control;
 use crate::listener::{self, Limits};
 use crate::snapshot::compile_for_test;
-use crate::testing::{backend, closed_port, get};
+use crate::testing::{backend, closed_port, get, OneThread};
 
 struct Running {
     proxy: SocketAddr,
+    _runtime: OneThread,
     control: Arc<Control>,
     state_file: PathBuf,
     _stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
-/// The proxy on `routes_yaml` (backends and routes), as `cutover run` wires it.
+/// The proxy on `routes_yaml` (backends and routes), as `cutover run --threads 1` wires it:
+/// on a runtime with one thread of its own.
 async fn start(routes_yaml: &str) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cutover.yaml");
@@ -34,15 +36,19 @@ async fn start(routes_yaml: &str) -> Running {
     .unwrap();
     let control = Arc::new(Control::start(&path).unwrap());
     let (trips, tripped) = mpsc::unbounded_channel();
-    tokio::spawn(control.clone().apply_trips(tripped));
+    let runtime = OneThread::start();
+    runtime.handle.spawn(control.clone().apply_trips(tripped));
     let proxy = Arc::new(Proxy::new(control.live(), trips));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = watch::channel(false);
     let limits = Limits {
         header_timeout: Duration::from_secs(5),
     };
-    tokio::spawn(listener::serve(
+    let _guard = runtime.handle.enter();
+    let listener = TcpListener::from_std(listener).unwrap();
+    runtime.handle.spawn(listener::serve(
         listener,
         "proxy",
         limits,
@@ -59,8 +65,10 @@ async fn start(routes_yaml: &str) -> Running {
             }
         },
     ));
+    drop(_guard);
     Running {
         proxy: addr,
+        _runtime: runtime,
         control,
         state_file: dir.path().join("state.json"),
         _stop: stop,
@@ -68,8 +76,8 @@ async fn start(routes_yaml: &str) -> Running {
     }
 }
 
-/// `tokio::test` runs on one thread, as `cutover run --threads 1` does: anything on the request
-/// path that waited for the control plane would stall every request.
+/// The proxy runs on one thread, as with `cutover run --threads 1`: anything on the request path
+/// that waited for the control plane would stall every request (and fail this test's timeouts).
 #[tokio::test]
 async fn a_guard_trip_waits_for_no_lock_and_no_disk() {
     let legacy = backend(200, "legacy").await;
