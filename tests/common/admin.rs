@@ -1,5 +1,7 @@
 //! The admin API's write side: the one bearer token the tests configure, and POSTs to it.
 
+use std::net::SocketAddr;
+
 use bytes::Bytes;
 use http::StatusCode;
 
@@ -19,6 +21,16 @@ pub async fn admin_post(
     token: Option<&str>,
     body: &str,
 ) -> (StatusCode, String) {
+    post_to(cutover.admin, path, token, body).await
+}
+
+/// [`admin_post`] to an admin listener's address, for a task that outlives the borrow.
+pub async fn post_to(
+    admin: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (StatusCode, String) {
     let bearer = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = bearer
         .as_deref()
@@ -26,7 +38,7 @@ pub async fn admin_post(
         .unwrap_or_default();
     let (status, _, body) = send(
         &client(),
-        cutover.admin,
+        admin,
         "POST",
         path,
         &headers,

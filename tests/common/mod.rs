@@ -208,21 +208,35 @@ impl Cutover {
     /// Runs `cutover run -c DIR/FILE` on a config already in `dir`.
     pub fn start_in(dir: tempfile::TempDir, file: &str, env: &[(&str, &str)]) -> Cutover {
         let config = dir.path().join(file);
-        Cutover::spawn(dir, &config, env)
+        Cutover::spawn(dir, &config, env, 2)
+    }
+
+    /// Like [`Cutover::start_with_env`], with `--threads 1`: one worker thread, so anything
+    /// that blocks it stalls every request.
+    pub fn start_one_thread(yaml: &str, env: &[(&str, &str)]) -> Cutover {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cutover.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Cutover::spawn(dir, &config, env, 1)
     }
 
     /// Runs `cutover run -c FILE` from inside `dir`, with the relative path as given.
     pub fn start_relative(dir: tempfile::TempDir, file: &str) -> Cutover {
-        Cutover::spawn(dir, Path::new(file), &[])
+        Cutover::spawn(dir, Path::new(file), &[], 2)
     }
 
-    fn spawn(dir: tempfile::TempDir, config: &Path, env: &[(&str, &str)]) -> Cutover {
+    fn spawn(
+        dir: tempfile::TempDir,
+        config: &Path,
+        env: &[(&str, &str)],
+        threads: usize,
+    ) -> Cutover {
         let mut command = Command::new(BIN);
         command
             .current_dir(dir.path())
             .args(["run", "--config"])
             .arg(config)
-            .args(["--threads", "2"])
+            .args(["--threads", &threads.to_string()])
             .env("RUST_LOG", "info,cutover=debug")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
