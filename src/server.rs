@@ -280,17 +280,17 @@ async fn wait_for_shutdown_signal() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
     use std::time::Duration;
 
     use super::*;
     use crate::testing::{backend, get, post, OneThread};
 
-    /// A trip still queued behind a busy control plane when SIGTERM comes is applied and
-    /// written before the process exits: a restart must not send traffic back to v2.
-    #[tokio::test]
-    async fn shutdown_applies_and_writes_a_queued_guard_trip() {
+    /// A config in a new directory: route `pay` sends everything to `v2`, which answers
+    /// `v2_status`; `legacy` (200) is stable; `state_file` is `state.json` beside it.
+    async fn all_to_v2(v2_status: u16, route_extra: &str) -> (tempfile::TempDir, PathBuf) {
         let legacy = backend(200, "legacy").await;
-        let v2 = backend(500, "v2").await;
+        let v2 = backend(v2_status, "v2").await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cutover.yaml");
         std::fs::write(
@@ -298,11 +298,22 @@ mod tests {
             format!(
                 "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_file: state.json\n\
                  backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{v2}\" }}\n\
-                 routes:\n  - name: pay\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n\
-                 \x20   guard: {{ max_error_rate: 5, min_requests: 2, window: 30s }}\n"
+                 routes:\n  - name: pay\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n{route_extra}"
             ),
         )
         .unwrap();
+        (dir, path)
+    }
+
+    /// A trip still queued behind a busy control plane when SIGTERM comes is applied and
+    /// written before the process exits: a restart must not send traffic back to v2.
+    #[tokio::test]
+    async fn shutdown_applies_and_writes_a_queued_guard_trip() {
+        let (dir, path) = all_to_v2(
+            500,
+            "    guard: { max_error_rate: 5, min_requests: 2, window: 30s }\n",
+        )
+        .await;
         let server = Server::start(&path, None).await.unwrap();
         let control = server.control.clone();
         let proxy = server.proxy_addr;
@@ -329,19 +340,7 @@ mod tests {
     /// blocking thread: on one worker thread, proxied requests keep being answered meanwhile.
     #[tokio::test]
     async fn an_admin_kill_waits_for_the_disk_off_the_request_path() {
-        let legacy = backend(200, "legacy").await;
-        let v2 = backend(200, "v2").await;
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cutover.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "listen: 127.0.0.1:0\nadmin: {{ listen: 127.0.0.1:0 }}\nstate_file: state.json\n\
-                 backends:\n  legacy: {{ url: \"http://{legacy}\" }}\n  v2: {{ url: \"http://{v2}\" }}\n\
-                 routes:\n  - name: pay\n    match: {{ path_prefix: / }}\n    split: {{ legacy: 0, v2: 100 }}\n"
-            ),
-        )
-        .unwrap();
+        let (_dir, path) = all_to_v2(200, "").await;
         let runtime = OneThread::start();
         let server = runtime
             .handle
