@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, RouteSpec};
+use crate::config::Config;
 use crate::control::guard::Guard;
 use crate::control::overrides::{Kill, Overrides};
 use crate::control::window::WindowStats;
@@ -23,7 +23,8 @@ use crate::proxy::routing::RequestHead;
 use crate::proxy::upstream::UpstreamCache;
 use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
 
-pub use route::{strip_len, upper_buckets, LiveRoute, LiveTarget, RouteRuntime};
+use route::{strip_len, upper_buckets};
+pub use route::{LiveRoute, LiveTarget, RouteRuntime};
 
 /// Monotonic number of a successfully loaded config.
 pub type Generation = u64;
@@ -104,7 +105,7 @@ impl Snapshot {
                     fallback: spec.fallback,
                     guard: spec.guard.as_ref().map(Guard::from),
                     killed_in_config: spec.kill,
-                    kill: kill_of(spec, &overrides),
+                    kill: kill_of(&spec.name, spec.kill, &overrides),
                     telemetry: RouteTelemetry::new(&name),
                     runtime,
                     targets,
@@ -139,12 +140,10 @@ impl Snapshot {
     /// The same config with other runtime overrides: only the routes' kills change.
     pub fn with_overrides(&self, overrides: Arc<Overrides>) -> Snapshot {
         let routes = self
-            .config
             .routes
             .iter()
-            .zip(self.routes.iter())
-            .map(|(spec, route)| LiveRoute {
-                kill: kill_of(spec, &overrides),
+            .map(|route| LiveRoute {
+                kill: kill_of(&route.name, route.killed_in_config, &overrides),
                 ..route.clone()
             })
             .collect();
@@ -179,11 +178,11 @@ impl Snapshot {
 }
 
 /// The kill in force for a route: the YAML's, else a runtime override's.
-fn kill_of(spec: &RouteSpec, overrides: &Overrides) -> Option<Kill> {
-    if spec.kill {
+fn kill_of(route: &str, killed_in_config: bool, overrides: &Overrides) -> Option<Kill> {
+    if killed_in_config {
         Some(Kill::in_config())
     } else {
-        overrides.routes.get(&spec.name).cloned()
+        overrides.routes.get(route).cloned()
     }
 }
 

@@ -26,13 +26,6 @@ pub struct RouteRuntime {
 }
 
 impl RouteRuntime {
-    pub fn new() -> RouteRuntime {
-        RouteRuntime {
-            kill_signal: watch::Sender::new(0),
-            tripped: AtomicBool::new(false),
-        }
-    }
-
     /// Marks a guard trip; true for the first caller only.
     pub fn trip(&self) -> bool {
         !self.tripped.swap(true, Ordering::AcqRel)
@@ -50,7 +43,10 @@ impl RouteRuntime {
 
 impl Default for RouteRuntime {
     fn default() -> Self {
-        RouteRuntime::new()
+        RouteRuntime {
+            kill_signal: watch::Sender::new(0),
+            tripped: AtomicBool::new(false),
+        }
     }
 }
 
@@ -131,7 +127,7 @@ impl LiveRoute {
 }
 
 /// Bytes of the path removed before forwarding: the matched prefix, when `strip_prefix` is set.
-pub fn strip_len(matcher: &Matcher, strip_prefix: bool) -> usize {
+pub(super) fn strip_len(matcher: &Matcher, strip_prefix: bool) -> usize {
     match (&matcher.path, strip_prefix) {
         (Some(PathMatch::Prefix(prefix)), true) if prefix != "/" => prefix.len(),
         _ => 0,
@@ -139,7 +135,7 @@ pub fn strip_len(matcher: &Matcher, strip_prefix: bool) -> usize {
 }
 
 /// Exclusive upper bucket of each share, in order.
-pub fn upper_buckets(shares: impl IntoIterator<Item = u32>) -> impl Iterator<Item = u16> {
+pub(super) fn upper_buckets(shares: impl IntoIterator<Item = u32>) -> impl Iterator<Item = u16> {
     let mut upper = 0u32;
     shares.into_iter().map(move |share| {
         upper = (upper + share).min(BUCKETS);
