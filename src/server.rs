@@ -370,4 +370,25 @@ mod tests {
         assert!(answer.ends_with("legacy"), "killed, yet: {answer}");
         runtime.handle.spawn(server.shutdown()).await.unwrap();
     }
+
+    /// `/api/status` reads the last reload without the control plane's lock: on one worker
+    /// thread, a status call while a reload or a kill holds it must not stall the proxy.
+    #[tokio::test]
+    async fn status_does_not_wait_for_a_busy_control_plane() {
+        let (_dir, path) = all_to_v2(200, "").await;
+        let runtime = OneThread::start();
+        let server = runtime
+            .handle
+            .spawn(async move { Server::start(&path, None).await })
+            .await
+            .unwrap()
+            .unwrap();
+        let busy = server.control.hold();
+        let (status, answer) = get(server.admin_addr, "/api/status").await;
+        assert_eq!(status, 200, "{answer}");
+        assert!(answer.contains("\"trigger\": \"startup\""), "{answer}");
+        assert_eq!(get(server.proxy_addr, "/").await.0, 200);
+        drop(busy);
+        runtime.handle.spawn(server.shutdown()).await.unwrap();
+    }
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
+
 use crate::config::describe_changes;
 use crate::config::{self, ConfigError};
 use crate::control::guard::{Trip, TripReceiver};
@@ -108,7 +110,6 @@ struct ControlState {
     same_sources: bool,
     generation: Generation,
     carried: Carried,
-    last: LastReload,
 }
 
 impl ControlState {
@@ -141,6 +142,9 @@ pub struct Control {
     watched: tokio::sync::watch::Sender<Vec<PathBuf>>,
     /// Serializes every change; never touched by the request path.
     state: Mutex<ControlState>,
+    /// The latest reload's result, readable (by `/api/status`) without waiting for the lock,
+    /// which a reload holds while the files settle and a kill while `state_file` is written.
+    last: ArcSwap<LastReload>,
 }
 
 impl Control {
@@ -158,11 +162,11 @@ impl Control {
                 same_sources: false,
                 generation: 0,
                 carried: Carried::default(),
-                last: LastReload {
-                    at: SystemTime::now(),
-                    trigger: "startup",
-                    result: Ok(0),
-                },
+            }),
+            last: ArcSwap::from_pointee(LastReload {
+                at: SystemTime::now(),
+                trigger: "startup",
+                result: Ok(0),
             }),
         };
         // A first load has read nothing before, so it is applied or rejected.
@@ -180,8 +184,8 @@ impl Control {
         &self.path
     }
 
-    pub fn last_reload(&self) -> LastReload {
-        self.lock().last.clone()
+    pub fn last_reload(&self) -> Arc<LastReload> {
+        self.last.load_full()
     }
 
     /// Keeps the control plane busy (as a slow disk or a long reload would) until dropped.
@@ -217,11 +221,11 @@ impl Control {
         };
         // Count before logging, so whoever sees the log line also sees the count.
         telemetry::config_reload(label);
-        state.last = LastReload {
+        self.last.store(Arc::new(LastReload {
             at: SystemTime::now(),
             trigger,
             result,
-        };
+        }));
         match &outcome {
             // Startup reports for itself: the server logs what it serves, `main` the errors.
             _ if trigger == "startup" => {}

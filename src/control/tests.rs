@@ -43,7 +43,7 @@ fn startup_is_the_first_reload() {
     assert_eq!(snapshot.generation, 1);
     assert_eq!(&*snapshot.routes[0].name, "payments");
     let last = control.last_reload();
-    assert_eq!((last.trigger, last.result), ("startup", Ok(1)));
+    assert_eq!((last.trigger, last.result.clone()), ("startup", Ok(1)));
     // Nothing changed since: a reload reads the same text and does nothing.
     assert!(matches!(
         control.reload("api"),
