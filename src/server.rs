@@ -305,6 +305,17 @@ mod tests {
         (dir, path)
     }
 
+    /// A server started on `runtime`, where its listeners and tasks then run.
+    async fn start_on(runtime: &OneThread, path: PathBuf, token: Option<&str>) -> Server {
+        let token = token.map(str::to_owned);
+        runtime
+            .handle
+            .spawn(async move { Server::start(&path, token).await })
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
     /// A trip still queued behind a busy control plane when SIGTERM comes is applied and
     /// written before the process exits: a restart must not send traffic back to v2.
     #[tokio::test]
@@ -342,12 +353,7 @@ mod tests {
     async fn an_admin_kill_waits_for_the_disk_off_the_request_path() {
         let (_dir, path) = all_to_v2(200, "").await;
         let runtime = OneThread::start();
-        let server = runtime
-            .handle
-            .spawn(async move { Server::start(&path, Some("test-token".to_owned())).await })
-            .await
-            .unwrap()
-            .unwrap();
+        let server = start_on(&runtime, path, Some("test-token")).await;
         let (proxy, admin) = (server.proxy_addr, server.admin_addr);
         let busy = server.control.hold();
         let kill =
@@ -377,12 +383,7 @@ mod tests {
     async fn status_does_not_wait_for_a_busy_control_plane() {
         let (_dir, path) = all_to_v2(200, "").await;
         let runtime = OneThread::start();
-        let server = runtime
-            .handle
-            .spawn(async move { Server::start(&path, None).await })
-            .await
-            .unwrap()
-            .unwrap();
+        let server = start_on(&runtime, path, None).await;
         let busy = server.control.hold();
         let (status, answer) = get(server.admin_addr, "/api/status").await;
         assert_eq!(status, 200, "{answer}");

@@ -30,6 +30,17 @@ fn modules(dir: &Path, prefix: &str, out: &mut BTreeMap<String, String>) {
     }
 }
 
+/// Every module of the crate, by path.
+fn source_modules() -> BTreeMap<String, String> {
+    let mut all = BTreeMap::new();
+    modules(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        "",
+        &mut all,
+    );
+    all
+}
+
 /// The modules each module names through `crate::…` (the longest path that is a module).
 fn imports(modules: &BTreeMap<String, String>) -> BTreeMap<&str, BTreeSet<&str>> {
     modules
@@ -82,12 +93,7 @@ fn find_cycle<'a>(
 
 #[test]
 fn module_imports_point_one_way() {
-    let mut all = BTreeMap::new();
-    modules(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        "",
-        &mut all,
-    );
+    let all = source_modules();
     assert!(all.contains_key("proxy::routing") && all.contains_key("snapshot"));
     let graph = imports(&all);
     assert!(
@@ -104,12 +110,7 @@ fn module_imports_point_one_way() {
 
 #[test]
 fn flags_stay_a_pure_model() {
-    let mut all = BTreeMap::new();
-    modules(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
-        "",
-        &mut all,
-    );
+    let all = source_modules();
     let graph = imports(&all);
     for (module, deps) in graph
         .iter()
