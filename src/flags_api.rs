@@ -27,7 +27,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::bearer::{self, Bearer};
 use crate::control::FlagChange;
@@ -48,6 +48,9 @@ pub struct FlagsApi {
     pub changes: watch::Receiver<FlagChange>,
     /// Required bearer token, when `flags_api.token_env` names a set variable.
     pub token: Option<String>,
+    /// One permit per open event stream, `max_connections` in all: HTTP/2 carries many
+    /// streams on one connection, and each costs memory until the client leaves.
+    pub subscribers: Arc<Semaphore>,
 }
 
 impl FlagsApi {
@@ -151,14 +154,25 @@ impl FlagsApi {
     /// `text/event-stream`: the current change at once if the client missed it
     /// (`Last-Event-ID`), then one event per change and a heartbeat comment when idle.
     fn events(&self, last_seen: Option<u64>) -> FlagsResponse {
+        let Ok(subscriber) = self.subscribers.clone().try_acquire_owned() else {
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"errorDetails": "too many event subscribers (max_connections)"}),
+            );
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            return response;
+        };
         let mut changes = self.changes.clone();
         let current = changes.borrow_and_update().clone();
         let missed = last_seen.is_some_and(|seen| seen < current.id);
         let first = missed.then(|| event(&current));
-        let stream =
-            futures_util::stream::unfold((changes, first), |(mut changes, pending)| async move {
+        let stream = futures_util::stream::unfold(
+            (changes, first, subscriber),
+            |(mut changes, pending, subscriber)| async move {
                 if let Some(frame) = pending {
-                    return Some((Ok(Frame::data(frame)), (changes, None)));
+                    return Some((Ok(Frame::data(frame)), (changes, None, subscriber)));
                 }
                 let frame = tokio::select! {
                     changed = changes.changed() => match changed {
@@ -167,8 +181,9 @@ impl FlagsApi {
                     },
                     () = tokio::time::sleep(HEARTBEAT) => Bytes::from_static(b": heartbeat\n\n"),
                 };
-                Some((Ok(Frame::data(frame)), (changes, None)))
-            });
+                Some((Ok(Frame::data(frame)), (changes, None, subscriber)))
+            },
+        );
         let mut response = Response::new(StreamBody::new(stream).boxed());
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

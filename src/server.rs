@@ -13,7 +13,7 @@ use anyhow::{bail, Context};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::admin::{self, Admin};
@@ -90,6 +90,7 @@ impl Server {
         let config = live.load_full().config.clone();
         let token = token.or_else(|| read_token(&config.admin.token_env));
         check_admin_exposure(&config, token.is_some())?;
+        ensure_file_descriptors(&config);
 
         let proxy_listener = bind("proxy", config.listen).await?;
         let admin_listener = bind("admin", config.admin.listen).await?;
@@ -119,6 +120,8 @@ impl Server {
         }
         let limits = Limits {
             header_timeout: config.client_header_timeout,
+            idle_timeout: config.client_idle_timeout,
+            max_connections: config.max_connections,
         };
         let admin = Arc::new(Admin {
             control: control.clone(),
@@ -153,6 +156,7 @@ impl Server {
                 live: live.clone(),
                 changes: control.flag_changes(),
                 token,
+                subscribers: Arc::new(Semaphore::new(config.max_connections)),
             });
             tokio::spawn(flags_api::serve(listener, limits, api, shutdown_rx.clone()));
         }
@@ -217,6 +221,24 @@ impl Server {
         {
             tracing::warn!("shutdown_timeout passed before every guard trip was applied");
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime does), and warns when
+/// even that cannot hold every listener full: `max_connections` is meant to make clients wait
+/// in the backlog, and an fd error on one listener would otherwise fail the others.
+fn ensure_file_descriptors(config: &Config) {
+    let listeners = if config.flags_api.is_some() { 3 } else { 2 };
+    // A proxied connection may hold one to a backend as well; then the files, logs, watches.
+    let needed = (config.max_connections as u64) * (listeners + 1) + 256;
+    match rlimit::increase_nofile_limit(needed) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            "max_connections {} on {listeners} listeners may need {needed} file descriptors, \
+             but the limit is {limit} (ulimit -n): lower max_connections or raise the limit",
+            config.max_connections
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "cannot read or raise the open-file limit"),
     }
 }
 

@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::raw::{self, find, RawBackend};
 use common::{split_config, Backend, Cutover};
@@ -809,26 +809,12 @@ async fn backend_101_to_a_request_without_upgrade_is_502() {
 // ---------------------------------------------------------------------------------------------
 
 /// Connects, sends `partial`, then stalls; returns how long until the proxy closed.
-async fn time_until_closed(addr: SocketAddr, partial: &[u8]) -> Duration {
-    let mut conn = raw::connect(addr).await;
-    let started = Instant::now();
-    conn.send(partial).await.unwrap();
-    conn.read_until(Duration::from_secs(5), raw::until_close)
-        .await;
-    assert!(
-        conn.closed,
-        "connection still open after 5 s (read so far: {:?})",
-        conn.text()
-    );
-    started.elapsed()
-}
-
 /// Sends `partial` to a proxy with `client_header_timeout: 1s` and checks that the connection
 /// is closed about a second later, not before.
 async fn assert_cut_off_after_header_timeout(partial: &[u8]) {
     let backend = Backend::start("legacy").await;
     let cutover = proxy_to(&backend.url(), "client_header_timeout: 1s\n");
-    let elapsed = time_until_closed(cutover.proxy, partial).await;
+    let elapsed = raw::time_until_closed(cutover.proxy, partial).await;
     assert!(
         elapsed >= Duration::from_millis(800),
         "closed too early: {elapsed:?}"
@@ -871,9 +857,10 @@ async fn admin_and_flags_listeners_cut_off_slow_heads_too() {
         (flags, partial),
         (flags, &b""[..]),
     ];
-    let elapsed =
-        futures_util::future::join_all(stalls.map(|(addr, sent)| time_until_closed(addr, sent)))
-            .await;
+    let elapsed = futures_util::future::join_all(
+        stalls.map(|(addr, sent)| raw::time_until_closed(addr, sent)),
+    )
+    .await;
     for (elapsed, (addr, sent)) in elapsed.into_iter().zip(stalls) {
         let what = format!("{addr} after {:?}", String::from_utf8_lossy(sent));
         assert!(

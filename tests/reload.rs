@@ -142,7 +142,7 @@ async fn a_changed_listen_address_keeps_the_old_listener_and_says_so() {
     let moved =
         all_to(&legacy, &new, true).replacen("listen: 127.0.0.1:0", "listen: 127.0.0.1:1", 1);
     write_by_rename(&cutover.config_path(), &moved);
-    cutover.wait_for_log("listeners change only on restart", Duration::from_secs(3));
+    cutover.wait_for_log("applies only on restart", Duration::from_secs(3));
     wait_for_body(&cutover, "new").await;
 }
 

@@ -81,6 +81,45 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
     lines
 }
 
+/// Settings read once, when the listeners are bound, that `new` changes: `(what, old, new)`.
+/// A reload applies everything else and keeps these as they were until a restart.
+pub fn start_time_changes(old: &Config, new: &Config) -> Vec<(&'static str, String, String)> {
+    let flags_listen = |config: &Config| {
+        config
+            .flags_api
+            .as_ref()
+            .map_or_else(|| "off".to_owned(), |api| api.listen.to_string())
+    };
+    let humane = |d: std::time::Duration| humantime::format_duration(d).to_string();
+    [
+        ("listen", old.listen.to_string(), new.listen.to_string()),
+        (
+            "admin.listen",
+            old.admin.listen.to_string(),
+            new.admin.listen.to_string(),
+        ),
+        ("flags_api.listen", flags_listen(old), flags_listen(new)),
+        (
+            "client_header_timeout",
+            humane(old.client_header_timeout),
+            humane(new.client_header_timeout),
+        ),
+        (
+            "client_idle_timeout",
+            humane(old.client_idle_timeout),
+            humane(new.client_idle_timeout),
+        ),
+        (
+            "max_connections",
+            old.max_connections.to_string(),
+            new.max_connections.to_string(),
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, old, new)| old != new)
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;

@@ -12,7 +12,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub use diff::describe_changes;
+pub use diff::{describe_changes, start_time_changes};
 pub use locate::Location;
 pub use model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RouteSpec};
 

@@ -19,6 +19,10 @@ pub struct Config {
     pub state_file: PathBuf,
     pub trusted_proxies: Vec<IpNet>,
     pub client_header_timeout: Duration,
+    /// How long a client connection may sit with no request in progress.
+    pub client_idle_timeout: Duration,
+    /// Open connections per listener; past it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub kill_grace: Duration,
     /// In file order; routes refer to them by index.
@@ -57,6 +61,8 @@ pub struct BackendSpec {
     pub base_path: String,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Longest wait between two reads of a response body, once its head arrived.
+    pub read_timeout: Duration,
     /// Speak HTTP/2 with prior knowledge (h2c) to this backend.
     pub http2: bool,
 }
@@ -99,6 +105,8 @@ impl Config {
             state_file: PathBuf::new(),
             trusted_proxies: Vec::new(),
             client_header_timeout: Duration::ZERO,
+            client_idle_timeout: Duration::ZERO,
+            max_connections: 0,
             shutdown_timeout: Duration::ZERO,
             kill_grace: Duration::ZERO,
             backends: Vec::new(),

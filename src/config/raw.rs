@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
     pub client_header_timeout: Option<String>,
+    pub client_idle_timeout: Option<String>,
+    pub max_connections: Option<u64>,
     pub shutdown_timeout: Option<String>,
     pub kill_grace: Option<String>,
     #[serde(default)]
@@ -56,6 +58,7 @@ pub struct RawBackend {
     pub url: String,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     #[serde(default)]
     pub http2: bool,
 }

@@ -17,8 +17,8 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 
-use crate::config::describe_changes;
 use crate::config::{self, ConfigError};
+use crate::config::{describe_changes, start_time_changes};
 use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
@@ -306,18 +306,11 @@ impl Control {
             };
         }
         let mut diff = describe_changes(&current.config, &config);
-        for (what, old, new) in [
-            ("listen", current.config.listen, config.listen),
-            (
-                "admin.listen",
-                current.config.admin.listen,
-                config.admin.listen,
-            ),
-        ] {
-            if old != new {
-                tracing::warn!("{what} changed from {old} to {new}: listeners change only on restart, still serving on {old}");
-                diff.push(format!("{what} {old} → {new} (needs a restart)"));
-            }
+        for (what, old, new) in start_time_changes(&current.config, &config) {
+            tracing::warn!(
+                "{what} changed from {old} to {new}: it applies only on restart, still {old}"
+            );
+            diff.push(format!("{what} {old} → {new} (needs a restart)"));
         }
         state.generation += 1;
         let snapshot = Snapshot::build(

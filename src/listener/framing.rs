@@ -82,6 +82,12 @@ impl<S> Sniffed<S> {
         }
     }
 
+    /// True while a request head is on its way: the first one until it is complete, a later
+    /// one from its first byte. False between requests, in a body, or once not following.
+    pub fn reading_head(&self) -> bool {
+        matches!(self.state, State::Head) && (self.heads == 0 || !self.partial_head.is_empty())
+    }
+
     fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             bytes = match self.state {

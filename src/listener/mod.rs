@@ -6,6 +6,7 @@
 //! the first bytes are in, and needs a timer set on the builder or it is silently off).
 
 pub mod framing;
+mod timeouts;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,11 +20,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use framing::{FramingWatch, Sniffed};
+use timeouts::{Counted, HeadTimer, StreamActivity};
 
 /// Largest request head accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -34,6 +37,10 @@ pub const MAX_HEADERS: usize = 100;
 pub struct Limits {
     /// A request head (and, for a new connection, its first bytes) must arrive within this.
     pub header_timeout: Duration,
+    /// A connection with no request in progress is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, new ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 /// The client end of a connection, with its address rendered once per connection.
@@ -72,10 +79,11 @@ impl Connection {
 
 /// Serves `listener` until `shutdown` flips, then hands back the tracker of the connections
 /// still open so the caller can drain them (or drop it to cut them). `what` names the
-/// listener in logs. `per_connection` makes each connection's request handler.
+/// listener in logs and metrics. `per_connection` makes each connection's request handler.
 ///
 /// The handler builds the request future itself and hands it to hyper as it is: a layer in
-/// between would move the proxy's request future (kilobytes) once more per request.
+/// between would move the proxy's request future (kilobytes) once more per request. Only
+/// HTTP/2 connections get one, to count open streams for the idle timeout.
 pub async fn serve<M, H, F, B>(
     listener: TcpListener,
     what: &'static str,
@@ -94,7 +102,9 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        // Hyper starts this timer when a keep-alive connection goes idle, so it is the idle
+        // timeout; `HeadTimer` holds a head that has started to `header_timeout`.
+        .header_read_timeout(limits.idle_timeout)
         // One flat write per response: small answers are copied once into the head buffer,
         // and `send` is cheaper in the kernel than `writev` (measured with benches/load.sh).
         .writev(false)
@@ -105,7 +115,31 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let open = metrics::gauge!("cutover_open_connections", "listener" => what);
+    let mut full_since_logged: Option<std::time::Instant> = None;
     loop {
+        // A slot first, then the accept: past the limit, clients wait in the kernel's
+        // backlog instead of costing a file descriptor the other listeners need.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                if full_since_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                    tracing::warn!(
+                        max_connections = limits.max_connections,
+                        "{what}: max_connections reached; new connections wait"
+                    );
+                    full_since_logged = Some(std::time::Instant::now());
+                }
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => match slot {
+                        Ok(slot) => slot,
+                        Err(_) => return graceful,
+                    },
+                    _ = shutdown.changed() => return graceful,
+                }
+            }
+        };
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -118,43 +152,155 @@ where
             },
             _ = shutdown.changed() => return graceful,
         };
+        let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
         let per_connection = per_connection.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let shutdown = shutdown.clone();
+        let slot = Slot::taken(slot, open.clone());
         tokio::spawn(async move {
-            if !first_bytes_arrive(&stream, limits.header_timeout).await {
-                return;
-            }
-            let framing = Arc::new(FramingWatch::default());
-            let io = TokioIo::new(Sniffed::new(stream, framing.clone()));
-            let service = service_fn(per_connection(Connection {
-                peer: Peer::new(addr),
-                framing,
-            }));
-            let conn = builder.serve_connection_with_upgrades(io, service);
-            if let Err(err) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");
+            let _slot = slot;
+            let peer = Peer::new(addr);
+            match first_bytes(&stream, limits.header_timeout).await {
+                FirstBytes::None => {}
+                FirstBytes::Http1 => {
+                    let framing = Arc::new(FramingWatch::default());
+                    let sniffed = Sniffed::new(stream, framing.clone());
+                    let io = TokioIo::new(HeadTimer::new(sniffed, limits.header_timeout, accepted));
+                    let service = service_fn(per_connection(Connection { peer, framing }));
+                    let conn = builder.serve_connection_with_upgrades(io, service);
+                    if let Err(err) = watcher.watch(conn.into_owned()).await {
+                        tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");
+                    }
+                }
+                FirstBytes::Http2 => {
+                    let handler = per_connection(Connection {
+                        peer,
+                        framing: Arc::new(FramingWatch::default()),
+                    });
+                    // Holding the watcher makes the drain wait for this connection, too.
+                    serve_h2(builder, stream, handler, limits, shutdown, watcher, what).await;
+                }
             }
         });
     }
 }
 
-/// Waits until a new connection has sent enough to tell HTTP/1 from HTTP/2. Hyper's header
-/// timer starts only after that, so without this a client that connects and stays silent
-/// (or stalls inside the HTTP/2 preface) would hold the connection forever.
-async fn first_bytes_arrive(stream: &TcpStream, timeout: Duration) -> bool {
+/// One HTTP/2 connection, closed (GOAWAY, then the streams finish) on shutdown or once it
+/// has had no open stream for `idle_timeout`.
+async fn serve_h2<H, F, B>(
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    handler: H,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+    _drained_with: Watcher,
+    what: &'static str,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let activity = StreamActivity::new();
+    let streams = activity.clone();
+    let service = service_fn(move |req| {
+        let stream = streams.open();
+        let response = handler(req);
+        async move {
+            let response = response.await?;
+            Ok::<_, Infallible>(response.map(|body| Counted::new(body, stream)))
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let mut closing = *shutdown.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    // After an idle GOAWAY, a client that never answers hyper's closing PING would keep the
+    // connection open: it gets `header_timeout` to go.
+    let mut cut_at: Option<Instant> = None;
+    loop {
+        let idle_at = activity.idle_deadline(limits.idle_timeout);
+        // With a stream open, look again in one idle period.
+        let wake_at = idle_at.unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "{what} HTTP/2 connection closed with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tokio::time::sleep_until(wake_at), if !closing => {
+                if idle_at.is_some() && activity.idle_deadline(limits.idle_timeout) == idle_at {
+                    tracing::debug!("{what}: closing an HTTP/2 connection idle for client_idle_timeout");
+                    closing = true;
+                    cut_at = Some(Instant::now() + limits.header_timeout);
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            _ = tokio::time::sleep_until(cut_at.unwrap_or_else(Instant::now)), if cut_at.is_some() => {
+                return;
+            }
+        }
+    }
+}
+
+/// A connection's place under `max_connections`, shown in `cutover_open_connections`.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: metrics::Gauge,
+}
+
+impl Slot {
+    fn taken(permit: OwnedSemaphorePermit, open: metrics::Gauge) -> Slot {
+        open.increment(1.0);
+        Slot {
+            _permit: permit,
+            open,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.decrement(1.0);
+    }
+}
+
+enum FirstBytes {
+    /// Closed, or silent past the timeout.
+    None,
+    Http1,
+    Http2,
+}
+
+/// Waits until a new connection has sent enough to tell HTTP/1 from HTTP/2. Hyper's timers
+/// start only after that, so without this a client that connects and stays silent (or
+/// stalls inside the HTTP/2 preface) would hold the connection forever.
+async fn first_bytes(stream: &TcpStream, timeout: Duration) -> FirstBytes {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let wait = async {
         let mut buf = [0u8; PREFACE.len()];
         loop {
             match stream.peek(&mut buf).await {
-                Ok(0) | Err(_) => return false,
-                Ok(n) if n == PREFACE.len() || !PREFACE.starts_with(&buf[..n]) => return true,
+                Ok(0) | Err(_) => return FirstBytes::None,
+                Ok(n) if n == PREFACE.len() && buf == *PREFACE => return FirstBytes::Http2,
+                Ok(n) if !PREFACE.starts_with(&buf[..n]) || n == PREFACE.len() => {
+                    return FirstBytes::Http1
+                }
                 // Part of the preface: peek returns at once, so wait a little for the rest.
                 Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
             }
         }
     };
-    tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or(FirstBytes::None)
 }

@@ -45,6 +45,8 @@ async fn start(routes_yaml: &str) -> Running {
     let (stop, stopped) = watch::channel(false);
     let limits = Limits {
         header_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(60),
+        max_connections: 100,
     };
     let _guard = runtime.handle.enter();
     let listener = TcpListener::from_std(listener).unwrap();

@@ -48,6 +48,21 @@ pub async fn exchange(
     conn
 }
 
+/// Opens a connection, sends `sent`, and times how long until the peer closes it; panics if
+/// it is still open after 8 s.
+pub async fn time_until_closed(addr: SocketAddr, sent: &[u8]) -> Duration {
+    let mut conn = connect(addr).await;
+    let started = std::time::Instant::now();
+    conn.send(sent).await.unwrap();
+    conn.read_until(Duration::from_secs(8), until_close).await;
+    assert!(
+        conn.closed,
+        "connection still open after 8 s (read so far: {:?})",
+        conn.text()
+    );
+    started.elapsed()
+}
+
 /// A `done` for `exchange` and `read_until` that reads until the peer closes or time is up.
 pub fn until_close(_: &[u8]) -> bool {
     false

@@ -26,6 +26,10 @@ const DEFAULT_FLAGS_LISTEN: &str = "0.0.0.0:8016";
 const DEFAULT_TOKEN_ENV: &str = "CUTOVER_ADMIN_TOKEN";
 const DEFAULT_STATE_FILE: &str = "cutover-state.json";
 const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Far past what one process can hold open; a larger number is a typo.
+const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -97,6 +101,18 @@ pub fn validate(
         raw.client_header_timeout.as_deref(),
         DEFAULT_CLIENT_HEADER_TIMEOUT,
     );
+    let client_idle_timeout = v.duration(
+        "client_idle_timeout",
+        raw.client_idle_timeout.as_deref(),
+        DEFAULT_CLIENT_IDLE_TIMEOUT,
+    );
+    let max_connections = raw.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if !(1..=MAX_MAX_CONNECTIONS).contains(&max_connections) {
+        v.error(
+            "max_connections",
+            format!("must be between 1 and {MAX_MAX_CONNECTIONS}"),
+        );
+    }
     let shutdown_timeout = v.duration(
         "shutdown_timeout",
         raw.shutdown_timeout.as_deref(),
@@ -188,6 +204,8 @@ pub fn validate(
         state_file,
         trusted_proxies,
         client_header_timeout,
+        client_idle_timeout,
+        max_connections: max_connections as usize,
         shutdown_timeout,
         kill_grace,
         backends,

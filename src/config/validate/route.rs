@@ -15,6 +15,7 @@ use crate::proxy::routing::{HostMatch, Matcher, PathMatch, StickySource};
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_GUARD_MIN_REQUESTS: u64 = 20;
 const DEFAULT_GUARD_WINDOW: Duration = Duration::from_secs(30);
 
@@ -32,6 +33,11 @@ impl Validator<'_> {
             &format!("{path}.request_timeout"),
             raw.request_timeout.as_deref(),
             DEFAULT_REQUEST_TIMEOUT,
+        );
+        let read_timeout = self.duration(
+            &format!("{path}.read_timeout"),
+            raw.read_timeout.as_deref(),
+            DEFAULT_READ_TIMEOUT,
         );
         let uri: Uri = match raw.url.parse() {
             Ok(uri) => uri,
@@ -72,6 +78,7 @@ impl Validator<'_> {
             base_path,
             connect_timeout,
             request_timeout,
+            read_timeout,
             http2: raw.http2,
         })
     }
