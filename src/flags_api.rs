@@ -290,7 +290,7 @@ fn decode_key(segment: &str) -> Cow<'_, str> {
 }
 
 /// The OFREP request body: empty, `{}`, or `{"context": {...}}`.
-fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
+pub(crate) fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }

@@ -29,6 +29,8 @@ pub mod demo;
 pub mod error;
 pub mod flags;
 pub mod flags_api;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod listener;
 pub mod ordered_map;
 pub mod proxy;

@@ -88,7 +88,7 @@ impl<S> Sniffed<S> {
         matches!(self.state, State::Head) && (self.heads == 0 || !self.partial_head.is_empty())
     }
 
-    fn observe(&mut self, mut bytes: &[u8]) {
+    pub(crate) fn observe(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
             bytes = match self.state {
                 State::Off => return,
@@ -105,6 +105,11 @@ impl<S> Sniffed<S> {
                 State::Chunked(chunk) => self.observe_chunk(chunk, bytes),
             };
         }
+    }
+
+    /// Request heads completed so far, for the fuzz harness to ask about each.
+    pub(crate) fn heads(&self) -> u32 {
+        self.heads
     }
 
     fn observe_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
