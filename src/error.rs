@@ -42,6 +42,10 @@ pub enum ProxyError {
     Reset(String),
     /// The backend answered with something that is not valid HTTP.
     Protocol(String),
+    /// The response body stopped for longer than `read_timeout`.
+    BodyTimeout,
+    /// The connection broke before the response body was complete.
+    BodyReset(String),
     /// The client's own request body failed while being relayed.
     ClientBody,
     /// The request target cannot be rewritten into one for this backend.
@@ -62,8 +66,10 @@ impl ProxyError {
     pub fn reason(&self) -> Option<FailureReason> {
         match self {
             ProxyError::Connect(_) => Some(FailureReason::Connect),
-            ProxyError::ConnectTimeout | ProxyError::Timeout => Some(FailureReason::Timeout),
-            ProxyError::Reset(_) => Some(FailureReason::Reset),
+            ProxyError::ConnectTimeout | ProxyError::Timeout | ProxyError::BodyTimeout => {
+                Some(FailureReason::Timeout)
+            }
+            ProxyError::Reset(_) | ProxyError::BodyReset(_) => Some(FailureReason::Reset),
             ProxyError::Protocol(_) => Some(FailureReason::Protocol),
             ProxyError::ClientBody | ProxyError::BadTarget => None,
         }
@@ -74,8 +80,8 @@ impl ProxyError {
         match self {
             ProxyError::Connect(_) => "connect",
             ProxyError::ConnectTimeout => "connect-timeout",
-            ProxyError::Timeout => "timeout",
-            ProxyError::Reset(_) => "reset",
+            ProxyError::Timeout | ProxyError::BodyTimeout => "timeout",
+            ProxyError::Reset(_) | ProxyError::BodyReset(_) => "reset",
             ProxyError::Protocol(_) => "protocol",
             ProxyError::ClientBody => "client-body",
             ProxyError::BadTarget => "bad-target",
@@ -84,7 +90,9 @@ impl ProxyError {
 
     pub fn status(&self) -> http::StatusCode {
         match self {
-            ProxyError::ConnectTimeout | ProxyError::Timeout => http::StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ConnectTimeout | ProxyError::Timeout | ProxyError::BodyTimeout => {
+                http::StatusCode::GATEWAY_TIMEOUT
+            }
             ProxyError::ClientBody | ProxyError::BadTarget => http::StatusCode::BAD_REQUEST,
             _ => http::StatusCode::BAD_GATEWAY,
         }
@@ -97,8 +105,19 @@ impl ProxyError {
             ProxyError::Timeout => "no response within request_timeout".to_owned(),
             ProxyError::Reset(cause) => format!("connection lost before a response ({cause})"),
             ProxyError::Protocol(cause) => format!("invalid response ({cause})"),
+            ProxyError::BodyTimeout => "response body stalled past read_timeout".to_owned(),
+            ProxyError::BodyReset(cause) => format!("connection lost mid-body ({cause})"),
             ProxyError::ClientBody => "request body failed".to_owned(),
             ProxyError::BadTarget => "invalid request target".to_owned(),
+        }
+    }
+
+    /// What a response body's failure means once its head was relayed.
+    pub(crate) fn from_body(err: &hyper::Error) -> ProxyError {
+        if err.is_parse() {
+            ProxyError::Protocol(err.to_string())
+        } else {
+            ProxyError::BodyReset(err.to_string())
         }
     }
 

@@ -8,16 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::admin::{admin_post, json, ADMIN_ENV, TOKEN};
+use common::admin::{admin_post, json, status_json, ADMIN_ENV, TOKEN};
 use common::{closed_port, get, send, split_config, write_by_rename, Backend, Cutover, BIN};
 use http::StatusCode;
 use serde_json::Value;
-
-async fn status_json(cutover: &Cutover) -> Value {
-    let (status, _, body) = get(cutover.admin, "/api/status", &[]).await;
-    assert_eq!(status, StatusCode::OK);
-    serde_json::from_str(&body).unwrap()
-}
 
 fn half_and_half(legacy: &Backend, new: &Backend, extra: &str) -> String {
     split_config(

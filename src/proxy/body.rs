@@ -1,30 +1,147 @@
-//! The body of every response cutover sends to a client: relayed from a backend (possibly
-//! cut off when its route is killed), or written by cutover itself.
+//! The body of every response cutover sends to a client: relayed from a backend, or written by
+//! cutover itself.
+//!
+//! A relayed body is where an exchange ends, so it records the outcome when it is done: a
+//! complete body (or one the client stopped reading) counts by its status; a backend that
+//! closes mid-body, or stalls past `read_timeout` between two reads, counts as a failure and
+//! feeds the guard. The body then fails, so hyper closes the client's connection (or resets
+//! the stream) and the client sees the truncation. A body from a non-stable backend is also cut
+//! when its route is killed and `kill_grace` has passed.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+use super::exchange::{observe, Exchange, Outcome};
+use crate::control::guard::TripSender;
+use crate::error::ProxyError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub enum ResponseBody {
-    Relayed(Incoming),
-    /// Relayed until `cut` resolves (the route was killed and `kill_grace` passed).
-    Cuttable {
-        inner: Incoming,
-        cut: Pin<Box<dyn Future<Output = ()> + Send>>,
-    },
+    Relayed(Relayed),
     Local(Full<Bytes>),
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("route killed: stream to a non-stable backend closed after kill_grace")]
 pub struct KilledStream;
+
+#[derive(Debug, thiserror::Error)]
+#[error("backend response body stalled past read_timeout")]
+pub struct StalledBody;
+
+/// A backend's response body on its way to the client.
+pub struct Relayed {
+    inner: Incoming,
+    /// Resolves when the route is killed and `kill_grace` passed (non-stable backends only).
+    cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    read_timeout: Duration,
+    /// Made on the first wait for the backend, then reused: most bodies never wait.
+    stall: Option<Pin<Box<Sleep>>>,
+    /// Whether `stall` runs from the current wait (it is reset after each frame).
+    waiting: bool,
+    /// Taken when the outcome is recorded: once, however the body ends.
+    record: Option<Record>,
+}
+
+struct Record {
+    exchange: Exchange,
+    status: StatusCode,
+    /// Only when a failure here could trip the route's guard.
+    trips: Option<TripSender>,
+}
+
+impl Relayed {
+    pub fn new(
+        inner: Incoming,
+        exchange: Exchange,
+        status: StatusCode,
+        trips: Option<TripSender>,
+        cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    ) -> Relayed {
+        Relayed {
+            inner,
+            cut,
+            read_timeout: exchange.target().backend.read_timeout,
+            stall: None,
+            waiting: false,
+            record: Some(Record {
+                exchange,
+                status,
+                trips,
+            }),
+        }
+    }
+
+    /// Records how the exchange ended: `failure`, or its status.
+    fn finish(&mut self, failure: Option<&ProxyError>) {
+        if let Some(record) = self.record.take() {
+            let outcome = match failure {
+                Some(err) => Outcome::Failed(err),
+                None => Outcome::Answered(record.status),
+            };
+            let exchange = &record.exchange;
+            observe(record.trips.as_ref(), exchange, exchange.target, outcome);
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(cut) = &mut self.cut {
+            if cut.as_mut().poll(cx).is_ready() {
+                // Cutover's decision, not the backend's failure.
+                self.finish(None);
+                return Poll::Ready(Some(Err(KilledStream.into())));
+            }
+        }
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.waiting = false;
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(None) => {
+                self.finish(None);
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(err))) => {
+                self.finish(Some(&ProxyError::from_body(&err)));
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Pending => {
+                let at = Instant::now() + self.read_timeout;
+                let stall = match &mut self.stall {
+                    Some(stall) if self.waiting => stall,
+                    Some(stall) => {
+                        stall.as_mut().reset(at);
+                        stall
+                    }
+                    None => self.stall.insert(Box::pin(tokio::time::sleep_until(at))),
+                };
+                self.waiting = true;
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.finish(Some(&ProxyError::BodyTimeout));
+                    return Poll::Ready(Some(Err(StalledBody.into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Relayed {
+    /// Complete, or the client went away first: either way the backend answered.
+    fn drop(&mut self) {
+        self.finish(None);
+    }
+}
 
 impl Body for ResponseBody {
     type Data = Bytes;
@@ -35,13 +152,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ResponseBody::Relayed(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            ResponseBody::Cuttable { inner, cut } => {
-                if cut.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Some(Err(KilledStream.into())));
-                }
-                Pin::new(inner).poll_frame(cx).map_err(Into::into)
-            }
+            ResponseBody::Relayed(relayed) => relayed.poll_frame(cx),
             ResponseBody::Local(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
@@ -50,18 +161,14 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Relayed(inner) | ResponseBody::Cuttable { inner, .. } => {
-                inner.is_end_stream()
-            }
+            ResponseBody::Relayed(relayed) => relayed.inner.is_end_stream(),
             ResponseBody::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Relayed(inner) | ResponseBody::Cuttable { inner, .. } => {
-                inner.size_hint()
-            }
+            ResponseBody::Relayed(relayed) => relayed.inner.size_hint(),
             ResponseBody::Local(full) => full.size_hint(),
         }
     }

@@ -6,13 +6,16 @@
 //! 4. **forward**: rewrite the head ([`headers`]) and send it, replaying once on stable when a
 //!    non-stable backend cannot be reached;
 //! 5. **respond**: hop-by-hop removal, WebSocket tunnel, a body the kill switch can cut;
-//! 6. **record**: status, latency and window for the backend that served, then the guard.
+//! 6. **record** ([`exchange`]): status, latency and window for the backend that served, then
+//!    the guard; when the response body ends ([`body`]), so a body cut short or stalled past
+//!    `read_timeout` counts as the failure it is.
 //!
 //! A new capability attaches to one phase: a shadow copy to *forward*, an access-log line to
 //! *record*. Nothing here takes a lock, touches a disk or waits for the control plane: a guard
 //! trip is a message to it.
 
 pub mod body;
+mod exchange;
 pub mod headers;
 pub mod hygiene;
 pub mod pool;
@@ -20,6 +23,8 @@ pub mod routing;
 pub mod tunnel;
 pub mod upstream;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,8 +39,9 @@ use hyper::upgrade::OnUpgrade;
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::listener::Peer;
-use crate::snapshot::{LiveRoute, LiveSnapshot, LiveTarget, Snapshot};
-use body::ResponseBody;
+use crate::snapshot::{LiveSnapshot, Snapshot};
+use body::{Relayed, ResponseBody};
+use exchange::{Exchange, Outcome};
 use hygiene::{Addressed, Rejection};
 use routing::RequestHead;
 use upstream::{Upstream, UpstreamBody};
@@ -52,30 +58,6 @@ pub struct Proxy {
     trips: TripSender,
 }
 
-/// One request's way through the phases, filled in as they run; [`Proxy::record`] consumes it.
-struct Exchange {
-    started: Instant,
-    /// The one view of the config this request uses from start to end.
-    snapshot: Arc<Snapshot>,
-    /// Index into `snapshot.routes`.
-    route: usize,
-    /// Index into the route's targets: the backend picked, then the one that served (stable
-    /// after a fallback).
-    target: usize,
-    /// Served by a replay on stable after the picked backend could not be reached.
-    fell_back: bool,
-}
-
-impl Exchange {
-    fn route(&self) -> &LiveRoute {
-        &self.snapshot.routes[self.route]
-    }
-
-    fn target(&self) -> &LiveTarget {
-        &self.route().targets[self.target]
-    }
-}
-
 /// Why the forward phase has no response to relay.
 enum Unanswered {
     /// Nothing reached a backend (the client's body or target failed first): cutover answers
@@ -83,13 +65,6 @@ enum Unanswered {
     Unsent(ProxyError),
     /// A backend was tried and gave no usable response.
     Failed(ProxyError),
-}
-
-/// How an attempt at a backend ended.
-#[derive(Clone, Copy)]
-enum Outcome<'a> {
-    Answered(StatusCode),
-    Failed(&'a ProxyError),
 }
 
 impl Proxy {
@@ -160,11 +135,9 @@ impl Proxy {
             }
         };
 
-        // Respond, then record.
-        let status = response.status();
-        let response = respond(&exchange, response, upgrade, client_upgrade);
-        self.record(exchange, Outcome::Answered(status));
-        response
+        // Respond; the body records the outcome when it ends.
+        let trips = exchange.guarded().then(|| self.trips.clone());
+        respond(exchange, response, upgrade, client_upgrade, trips)
     }
 
     /// Sends the request to the picked backend. A non-stable backend that cannot be reached
@@ -219,55 +192,15 @@ impl Proxy {
         response
     }
 
-    /// The last phase: the exchange's outcome is counted for the backend that served it.
+    /// The last phase when there is no body to relay: the failure is counted for the backend.
     #[inline]
     fn record(&self, exchange: Exchange, outcome: Outcome<'_>) {
         self.observe(&exchange, exchange.target, outcome);
     }
 
-    /// Counts one attempt at `target`: metrics, the live window and, after an error, the guard.
-    /// A failure the client caused is counted by status only: it says nothing of the backend.
     #[inline]
     fn observe(&self, exchange: &Exchange, target: usize, outcome: Outcome<'_>) {
-        let route = exchange.route();
-        let served = &route.targets[target];
-        let now = Instant::now();
-        let elapsed = now - exchange.started;
-        let failed = match outcome {
-            Outcome::Answered(status) => {
-                served.telemetry.response(status, elapsed);
-                status.is_server_error()
-            }
-            Outcome::Failed(err) => match err.reason() {
-                Some(reason) => {
-                    served.telemetry.failure(reason, elapsed);
-                    true
-                }
-                None => {
-                    served.telemetry.response(err.status(), elapsed);
-                    return;
-                }
-            },
-        };
-        served.window.record_at(now, elapsed, failed);
-        if failed {
-            self.check_guard(route, target);
-        }
-    }
-
-    /// After an error from a non-stable backend: if the guard trips, the route sends the very
-    /// next request to stable, and the control plane is told to publish and persist the kill.
-    fn check_guard(&self, route: &LiveRoute, target: usize) {
-        let Some(guard) = &route.guard else { return };
-        if target == 0 || route.is_killed() {
-            return;
-        }
-        let target = &route.targets[target];
-        if let Some(trip) = guard.observe(&route.name, &target.backend.name, &target.window) {
-            if route.runtime.trip() && self.trips.send(trip).is_err() {
-                tracing::error!(route = %route.name, "guard tripped but the control plane is gone");
-            }
-        }
+        exchange::observe(Some(&self.trips), exchange, target, outcome);
     }
 }
 
@@ -354,13 +287,15 @@ fn valid_response<B>(response: &Response<B>, asked_upgrade: bool) -> Result<(), 
 }
 
 /// The respond phase: the backend's response as the client gets it. A 101 starts the tunnel;
-/// anything from a non-stable backend can be cut by a kill after `kill_grace`.
+/// anything from a non-stable backend can be cut by a kill after `kill_grace`. The body ends
+/// the exchange (see [`body`]).
 #[inline]
 fn respond(
-    exchange: &Exchange,
+    exchange: Exchange,
     mut response: Response<Incoming>,
     upgrade: Option<HeaderValue>,
     client_upgrade: Option<OnUpgrade>,
+    trips: Option<TripSender>,
 ) -> Response<ResponseBody> {
     let route = exchange.route();
     let stable = exchange.target == 0;
@@ -385,16 +320,12 @@ fn respond(
             .headers_mut()
             .insert(X_CUTOVER_FALLBACK.clone(), HeaderValue::from_static("1"));
     }
-    response.map(|body| {
-        if stable {
-            ResponseBody::Relayed(body)
-        } else {
-            ResponseBody::Cuttable {
-                inner: body,
-                cut: Box::pin(tunnel::cut_on_kill(&route.runtime.kill_signal, grace)),
-            }
-        }
-    })
+    let cut = (!stable).then(|| {
+        Box::pin(tunnel::cut_on_kill(&route.runtime.kill_signal, grace))
+            as Pin<Box<dyn Future<Output = ()> + Send>>
+    });
+    let status = response.status();
+    response.map(|body| ResponseBody::Relayed(Relayed::new(body, exchange, status, trips, cut)))
 }
 
 /// Idempotent, not an upgrade, and a body small enough to keep for a replay.

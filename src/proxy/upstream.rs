@@ -24,6 +24,8 @@ pub struct Upstream {
     base_path: String,
     http2: bool,
     request_timeout: Duration,
+    /// Longest wait between two reads of a response body.
+    pub read_timeout: Duration,
     pool: Pool,
 }
 
@@ -114,6 +116,7 @@ impl UpstreamCache {
                     base_path: spec.base_path.clone(),
                     http2: spec.http2,
                     request_timeout: spec.request_timeout,
+                    read_timeout: spec.read_timeout,
                     pool,
                 })
             })

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use bytes::Bytes;
 use http::StatusCode;
 
-use super::{client, send, Cutover};
+use super::{client, get, send, Cutover};
 
 /// The admin token every test that writes to the admin API configures.
 pub const TOKEN: &str = "s3cret-token";
@@ -51,4 +51,11 @@ pub async fn post_to(
 /// An admin API answer read as JSON; `Null` when it is not JSON.
 pub fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or(serde_json::Value::Null)
+}
+
+/// `GET /api/status`, parsed.
+pub async fn status_json(cutover: &Cutover) -> serde_json::Value {
+    let (status, _, body) = get(cutover.admin, "/api/status", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    serde_json::from_str(&body).unwrap()
 }
