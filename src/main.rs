@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use cutover::admin::client as cli;
-use cutover::admin::client::AdminClient;
+use cutover::admin::client::{AdminClient, Switched};
 use cutover::demo::DemoPorts;
 use cutover::{check, demo, server, telemetry};
 
@@ -106,12 +106,37 @@ impl AdminArgs {
     }
 }
 
-/// Runs an admin client call on a small runtime and prints its result.
-fn admin_call<F>(call: F) -> anyhow::Result<()>
+/// Exit code of a kill or resume that is in effect but could not be saved to `state_file`.
+const EXIT_NOT_PERSISTED: u8 = 3;
+
+/// Runs a kill or resume on a small runtime and reports it: exit 0, or 3 when it applies but
+/// was not saved (a restart before cutover's retry succeeds would undo it), or 1 on error.
+fn switch_call<F>(call: F) -> ExitCode
 where
-    F: std::future::Future<Output = anyhow::Result<String>>,
+    F: std::future::Future<Output = anyhow::Result<Switched>>,
 {
-    server::run_blocking(Some(1), async { call.await.map(|o| println!("{o}")) })
+    let mut unsaved = None;
+    let result = server::run_blocking(Some(1), async {
+        let switched = call.await?;
+        println!("{}", switched.summary);
+        unsaved = switched.persist_error;
+        Ok(())
+    });
+    match (result, unsaved) {
+        (Err(err), _) => {
+            eprintln!("cutover: error: {err:#}");
+            ExitCode::FAILURE
+        }
+        (Ok(()), Some(err)) => {
+            eprintln!(
+                "cutover: warning: applied, but NOT saved to state_file: {err}\n\
+                 cutover retries the write; until it succeeds a restart would undo this \
+                 (see `cutover status`)"
+            );
+            ExitCode::from(EXIT_NOT_PERSISTED)
+        }
+        (Ok(()), None) => ExitCode::SUCCESS,
+    }
 }
 
 fn main() -> ExitCode {
@@ -152,21 +177,21 @@ fn main() -> ExitCode {
             admin,
         } => {
             let client = admin.client();
-            admin_call(async move {
+            return switch_call(async move {
                 match target.flag {
                     Some(flag) => client.kill_flag(&flag, reason).await,
                     None => client.kill(target.route.as_deref(), reason).await,
                 }
-            })
+            });
         }
         Command::Resume { target, admin } => {
             let client = admin.client();
-            admin_call(async move {
+            return switch_call(async move {
                 match target.flag {
                     Some(flag) => client.resume_flag(&flag).await,
                     None => client.resume(target.route.as_deref()).await,
                 }
-            })
+            });
         }
         Command::Status { watch, admin } => {
             let client = admin.client();

@@ -111,6 +111,7 @@ impl Server {
         reload::reload_on_sighup(control.clone()).context("installing the SIGHUP handler")?;
         let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
         let trips_task = tokio::spawn(control.clone().apply_trips(tripped));
+        tokio::spawn(control.clone().keep_state_file_written());
 
         if token.is_none() {
             tracing::warn!(

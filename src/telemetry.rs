@@ -28,6 +28,8 @@ pub const ROUTE_KILLED: &str = "cutover_route_killed";
 pub const CONFIG_RELOADS_TOTAL: &str = "cutover_config_reloads_total";
 pub const CONFIG_GENERATION: &str = "cutover_config_generation";
 pub const FLAG_EVALUATIONS_TOTAL: &str = "cutover_flag_evaluations_total";
+pub const STATE_PERSIST_FAILURES_TOTAL: &str = "cutover_state_persist_failures_total";
+pub const OPEN_CONNECTIONS: &str = "cutover_open_connections";
 
 /// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
 /// (a second server in one test process) get the same recorder.
@@ -48,7 +50,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     describe_histogram!(
         REQUEST_DURATION_SECONDS,
         Unit::Seconds,
-        "Time from receiving a request to the backend's response head (or cutover's own error)."
+        "Time from receiving a request to the end of the backend's response body (or cutover's own error)."
     );
     describe_counter!(
         GUARD_TRIPS_TOTAL,
@@ -73,6 +75,15 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config loads by result.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the config being served.");
+    describe_counter!(
+        STATE_PERSIST_FAILURES_TOTAL,
+        "Writes of state_file that failed; the control plane retries until one succeeds."
+    );
+    counter!(STATE_PERSIST_FAILURES_TOTAL).absolute(0);
+    describe_gauge!(
+        OPEN_CONNECTIONS,
+        "Client connections open, by listener (at most max_connections each)."
+    );
     describe_counter!(
         FLAG_EVALUATIONS_TOTAL,
         "Flag evaluations served, by flag, variant and OFREP reason."
@@ -210,6 +221,10 @@ pub fn route_killed(route: &str, killed: bool) {
 
 pub fn config_reload(result: &'static str) {
     counter!(CONFIG_RELOADS_TOTAL, "result" => result).increment(1);
+}
+
+pub fn state_persist_failure() {
+    counter!(STATE_PERSIST_FAILURES_TOTAL).increment(1);
 }
 
 pub fn config_generation(generation: u64) {

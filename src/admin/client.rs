@@ -90,7 +90,7 @@ impl AdminClient {
         &self,
         route: Option<&str>,
         reason: Option<String>,
-    ) -> anyhow::Result<String> {
+    ) -> anyhow::Result<Switched> {
         let path = match route {
             Some(name) => format!("/api/routes/{}/kill", path_segment(name)),
             None => "/api/kill".to_owned(),
@@ -107,7 +107,7 @@ impl AdminClient {
         ))
     }
 
-    pub async fn kill_flag(&self, flag: &str, reason: Option<String>) -> anyhow::Result<String> {
+    pub async fn kill_flag(&self, flag: &str, reason: Option<String>) -> anyhow::Result<Switched> {
         let mut body = json!({ "source": "cli" });
         if let Some(reason) = reason {
             body["reason"] = json!(reason);
@@ -122,7 +122,7 @@ impl AdminClient {
         ))
     }
 
-    pub async fn resume_flag(&self, flag: &str) -> anyhow::Result<String> {
+    pub async fn resume_flag(&self, flag: &str) -> anyhow::Result<Switched> {
         let value = self
             .post(
                 &format!("/api/flags/{}/resume", path_segment(flag)),
@@ -136,7 +136,7 @@ impl AdminClient {
         ))
     }
 
-    pub async fn resume(&self, route: Option<&str>) -> anyhow::Result<String> {
+    pub async fn resume(&self, route: Option<&str>) -> anyhow::Result<Switched> {
         let path = match route {
             Some(name) => format!("/api/routes/{}/resume", path_segment(name)),
             None => "/api/resume".to_owned(),
@@ -150,22 +150,27 @@ impl AdminClient {
     }
 }
 
-fn describe(value: &Value, done: &str, route: Option<&str>) -> String {
+/// What a kill or resume did, as the CLI reports it.
+pub struct Switched {
+    pub summary: String,
+    /// Set when the change is in effect but `state_file` could not be written.
+    pub persist_error: Option<String>,
+}
+
+fn describe(value: &Value, done: &str, route: Option<&str>) -> Switched {
     let changed: Vec<&str> = value["changed"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    let mut out = if changed.is_empty() {
+    let summary = if changed.is_empty() {
         format!("{}: nothing to change", route.unwrap_or("all routes"))
     } else {
         format!("{}: {done}", changed.join(", "))
     };
-    if let Some(err) = value["persist_error"].as_str() {
-        out.push_str(&format!(
-            "\nwarning: applied, but not saved to state_file: {err}"
-        ));
+    Switched {
+        summary,
+        persist_error: value["persist_error"].as_str().map(str::to_owned),
     }
-    out
 }
 
 fn root_cause(err: &dyn std::error::Error) -> String {

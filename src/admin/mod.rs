@@ -125,8 +125,12 @@ impl Admin {
             ),
             "/api/status" => {
                 let snapshot = self.control.live().load_full();
-                let status =
-                    Status::of(&snapshot, self.control.path(), &self.control.last_reload());
+                let status = Status::of(
+                    &snapshot,
+                    self.control.path(),
+                    &self.control.last_reload(),
+                    self.control.persist_failure().as_deref(),
+                );
                 json_response(StatusCode::OK, &status)
             }
             _ if self.allowed(&path).is_some() => {

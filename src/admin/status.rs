@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket::format_percent;
 use crate::control::overrides::Kill;
+use crate::control::persist::PersistFailure;
 use crate::control::LastReload;
 use crate::snapshot::Snapshot;
 
@@ -16,6 +17,8 @@ pub struct Status {
     pub generation: u64,
     pub config_file: String,
     pub last_reload: ReloadStatus,
+    #[serde(default)]
+    pub state_file: StateFileStatus,
     pub routes: Vec<RouteStatus>,
     /// Runtime kills of routes that are no longer in the config (kept in case they return).
     pub orphan_kills: Vec<String>,
@@ -41,6 +44,15 @@ pub struct VariantStatus {
     pub rollout_percent: Option<f64>,
     /// Evaluations that served this variant since cutover started.
     pub evaluations: u64,
+}
+
+/// Whether the runtime kills in effect are saved in `state_file`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StateFileStatus {
+    pub path: String,
+    pub saved: bool,
+    /// Set while they are not: the latest error, since when, and how many writes failed.
+    pub failure: Option<PersistFailure>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,7 +98,12 @@ pub struct BackendStatus {
 }
 
 impl Status {
-    pub fn of(snapshot: &Snapshot, config_file: &std::path::Path, last: &LastReload) -> Status {
+    pub fn of(
+        snapshot: &Snapshot,
+        config_file: &std::path::Path,
+        last: &LastReload,
+        persist_failure: Option<&PersistFailure>,
+    ) -> Status {
         let config = &snapshot.config;
         let routes = snapshot
             .routes
@@ -132,6 +149,11 @@ impl Status {
                 ok: last.result.is_ok(),
                 generation: last.result.as_ref().ok().copied(),
                 errors: last.result.as_ref().err().cloned().unwrap_or_default(),
+            },
+            state_file: StateFileStatus {
+                path: config.state_file.display().to_string(),
+                saved: persist_failure.is_none(),
+                failure: persist_failure.cloned(),
             },
             routes,
             flags: config
@@ -194,6 +216,13 @@ impl Status {
             for error in &self.last_reload.errors {
                 out.push_str(&format!("  {error}\n"));
             }
+        }
+        if let Some(failure) = &self.state_file.failure {
+            out.push_str(&format!(
+                "RUNTIME KILLS NOT SAVED to {} since {} ({} failed writes, retrying): {}\n\
+                 a restart now would undo them\n",
+                self.state_file.path, failure.since, failure.attempts, failure.error
+            ));
         }
         out.push_str(&format!(
             "\n{:<20} {:<28} {:>8} {:>7} {:>9} {:>9}  {}\n",

@@ -4,6 +4,7 @@
 
 pub mod guard;
 pub mod overrides;
+pub mod persist;
 pub mod reload;
 pub mod window;
 
@@ -21,6 +22,7 @@ use crate::config::{self, ConfigError};
 use crate::config::{describe_changes, start_time_changes};
 use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
+use crate::control::persist::{PersistFailure, PersistState, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 
@@ -145,6 +147,8 @@ pub struct Control {
     /// The latest reload's result, readable (by `/api/status`) without waiting for the lock,
     /// which a reload holds while the files settle and a kill while `state_file` is written.
     last: ArcSwap<LastReload>,
+    /// Whether `state_file` holds the live kills.
+    persist: PersistState,
 }
 
 impl Control {
@@ -168,6 +172,7 @@ impl Control {
                 trigger: "startup",
                 result: Ok(0),
             }),
+            persist: PersistState::default(),
         };
         // A first load has read nothing before, so it is applied or rejected.
         match control.reload("startup") {
@@ -451,14 +456,37 @@ impl Control {
                 }
             }
         }
-        let persisted = snapshot
-            .overrides
-            .save(&snapshot.config.state_file)
-            .map_err(|err| format!("writing {}: {err}", snapshot.config.state_file.display()));
-        if let Err(err) = &persisted {
-            tracing::error!("runtime override applied but not persisted: {err}");
-        }
+        let persisted = write_state(&snapshot);
+        self.persist.record(&persisted);
         Ok(OverrideOutcome { changed, persisted })
+    }
+
+    /// Set while the live kills are not all in `state_file`.
+    pub fn persist_failure(&self) -> Option<Arc<PersistFailure>> {
+        self.persist.failure()
+    }
+
+    /// After a failed write of `state_file`, writes the current state again with backoff
+    /// until a write succeeds; then waits for the next failure. Runs as long as the server.
+    pub async fn keep_state_file_written(self: Arc<Self>) {
+        loop {
+            self.persist.retry_wanted().await;
+            let mut delay = FIRST_RETRY_DELAY;
+            while self.persist.failure().is_some() {
+                tokio::time::sleep(delay).await;
+                let control = self.clone();
+                let _ = tokio::task::spawn_blocking(move || control.write_state_again()).await;
+                delay = (delay * 2).min(MAX_RETRY_DELAY);
+            }
+        }
+    }
+
+    fn write_state_again(&self) {
+        let _state = self.lock();
+        // A kill or resume may have written it meanwhile.
+        if self.persist.failure().is_some() {
+            self.persist.record(&write_state(&self.live.load()));
+        }
     }
 
     /// Applies guard trips as the request path reports them, one at a time and off the
@@ -501,6 +529,15 @@ impl Control {
             _ => false,
         }
     }
+}
+
+/// Writes the snapshot's runtime kills, all of them, to its `state_file`.
+fn write_state(snapshot: &Snapshot) -> Result<(), String> {
+    let path = &snapshot.config.state_file;
+    snapshot
+        .overrides
+        .save(path)
+        .map_err(|err| format!("writing {}: {err}", path.display()))
 }
 
 /// A change that kills whatever is not killed yet.

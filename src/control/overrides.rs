@@ -79,7 +79,16 @@ impl Overrides {
                     path.display()
                 )
             }),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Overrides::default()),
+            // Under a path that is not a directory, no state can have been written either; the
+            // first kill then reports that it cannot be saved.
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(Overrides::default())
+            }
             Err(err) => Err(format!("state_file {}: {err}", path.display())),
         }
     }

@@ -116,7 +116,7 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let open = metrics::gauge!("cutover_open_connections", "listener" => what);
+    let open = metrics::gauge!(crate::telemetry::OPEN_CONNECTIONS, "listener" => what);
     let mut full_since_logged: Option<std::time::Instant> = None;
     loop {
         // A slot first, then the accept: past the limit, clients wait in the kernel's

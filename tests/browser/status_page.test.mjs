@@ -513,6 +513,32 @@ test('reload reports its outcome', { timeout: 30000 }, async () => {
   assert.equal(await page.textContent('#generation'), String(status.generation));
 });
 
+test('a kill that cannot be saved is shown until the retry saves it', { timeout: 30000 }, async () => {
+  const { page } = env;
+  // A directory where the state file goes: the atomic rename over it fails, even as root.
+  const statePath = path.join(env.dir, 'cutover-state.json');
+  const saved = fs.readFileSync(statePath);
+  fs.rmSync(statePath);
+  fs.mkdirSync(statePath);
+  try {
+    const res = await admin('POST', '/api/routes/checkout/kill', JSON.stringify({ reason: 'disk test' }));
+    assert.equal(res.status, 200, res.body);
+    assert.equal(JSON.parse(res.body).persisted, false, res.body);
+    await page.waitForSelector('#persist-banner:not([hidden])');
+    const error = await page.textContent('#persist-error');
+    assert.ok(error.includes('cutover-state.json'), error);
+    assert.equal(await page.textContent('#persist-path'), statePath);
+  } finally {
+    fs.rmdirSync(statePath);
+    fs.writeFileSync(statePath, saved);
+  }
+  // The retry writes the state (with the kill); then the resume is saved at once.
+  await page.waitForSelector('#persist-banner', { state: 'hidden', timeout: 15000 });
+  assert.ok(fs.readFileSync(statePath, 'utf8').includes('disk test'));
+  const resumed = await admin('POST', '/api/routes/checkout/resume');
+  assert.equal(JSON.parse(resumed.body).persisted, true, resumed.body);
+});
+
 test('a phone-sized viewport has no horizontal overflow', { timeout: 30000 }, async () => {
   const phone = await env.browser.newContext({
     viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true,

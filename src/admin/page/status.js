@@ -586,6 +586,14 @@
         list.replaceChildren(...reload.errors.map((e) => el('li', '', e)));
       }
     }
+    const unsaved = status.state_file && status.state_file.failure;
+    show($('persist-banner'), Boolean(unsaved));
+    if (unsaved) {
+      setText($('persist-path'), status.state_file.path);
+      setText($('persist-since'), unsaved.since);
+      setText($('persist-attempts'), String(unsaved.attempts));
+      setText($('persist-error'), unsaved.error);
+    }
     document.body.classList.toggle('any-killed', status.routes.some((r) => r.killed));
     reconcile($('routes'), routeCards, status.routes, (r) => r.name, newRouteCard,
       (view, route) => updateRoute(view, route, now));
