@@ -10,6 +10,7 @@ mod validate;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use diff::{describe_changes, start_time_changes};
@@ -95,15 +96,31 @@ const SETTLE: Duration = Duration::from_millis(100);
 /// How long the files may keep changing before a reload gives up on them for now.
 const SETTLE_LIMIT: Duration = Duration::from_secs(2);
 
-/// [`read`], using only content that stayed the same across two reads [`SETTLE`] apart: a file
-/// caught in the middle of an in-place write is never compiled, even when its first half
-/// happens to parse (and would drop routes). Blocks the calling thread for that long.
-pub fn read_settled(path: &Path) -> (Loaded, Sources) {
+/// Whether a config file is open for writing in place, as the file watcher learns it (a
+/// write sets it, the writer's close clears it). Without a watcher it stays clear.
+#[derive(Debug, Default)]
+pub struct Writing(AtomicBool);
+
+impl Writing {
+    pub fn set(&self, open: bool) {
+        self.0.store(open, Ordering::Release);
+    }
+
+    pub fn in_progress(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// [`read`], using only content that stayed the same across two reads [`SETTLE`] apart with no
+/// writer holding a file open: a file caught in the middle of an in-place write is never
+/// compiled, even when its first half happens to parse (and would drop routes). Blocks the
+/// calling thread for that long.
+pub fn read_settled(path: &Path, writing: &Writing) -> (Loaded, Sources) {
     let started = Instant::now();
     let mut last = read(path);
     loop {
         std::thread::sleep(SETTLE);
-        if last.1.unchanged() {
+        if last.1.unchanged() && !writing.in_progress() {
             return last;
         }
         if started.elapsed() >= SETTLE_LIMIT {
@@ -112,7 +129,7 @@ pub fn read_settled(path: &Path) -> (Loaded, Sources) {
                 location: None,
                 path: String::new(),
                 message: format!(
-                    "still changing after {SETTLE_LIMIT:?}; not applied until two reads agree"
+                    "still changing after {SETTLE_LIMIT:?}; not applied until two reads agree and no writer has it open"
                 ),
             };
             return (Err(vec![error]), last.1);
@@ -198,7 +215,19 @@ mod tests {
     #[test]
     fn a_file_that_never_settles_is_not_compiled() {
         // Its content changes every 10 ms, faster than two reads can agree.
-        let (loaded, _) = read_settled(Path::new("/proc/uptime"));
+        let (loaded, _) = read_settled(Path::new("/proc/uptime"), &Writing::default());
+        let errors = loaded.err().unwrap();
+        assert!(errors[0].message.contains("still changing"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_file_open_for_writing_is_not_compiled_however_still_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, "routes: []\n").unwrap();
+        let writing = Writing::default();
+        writing.set(true);
+        let (loaded, _) = read_settled(&path, &writing);
         let errors = loaded.err().unwrap();
         assert!(errors[0].message.contains("still changing"), "{errors:?}");
     }

@@ -149,6 +149,8 @@ pub struct Control {
     last: ArcSwap<LastReload>,
     /// Whether `state_file` holds the live kills.
     persist: PersistState,
+    /// Whether a config file is being written in place (the watcher keeps it).
+    writing: Arc<config::Writing>,
 }
 
 impl Control {
@@ -173,6 +175,7 @@ impl Control {
                 result: Ok(0),
             }),
             persist: PersistState::default(),
+            writing: Arc::default(),
         };
         // A first load has read nothing before, so it is applied or rejected.
         match control.reload("startup") {
@@ -187,6 +190,11 @@ impl Control {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where the file watcher notes in-place writes, which a reload waits out.
+    pub fn writing(&self) -> Arc<config::Writing> {
+        self.writing.clone()
     }
 
     pub fn last_reload(&self) -> Arc<LastReload> {
@@ -263,7 +271,7 @@ impl Control {
         if state.same_sources {
             return state.same_again();
         }
-        let (loaded, sources) = config::read_settled(&self.path);
+        let (loaded, sources) = config::read_settled(&self.path, &self.writing);
         // Announced on every read, so the watcher also retries a directory it could not watch.
         self.watched.send_replace(sources.paths());
         // Caught mid-write, the files may have settled back to what is already served.

@@ -3,28 +3,69 @@
 //!
 //! The watcher follows each config file's *directory*, never a canonicalized path, so editors'
 //! atomic renames and the Kubernetes ConfigMap `..data` symlink swap are both seen.
+//!
+//! A file written in place is read only once its writer closed it ([`Writing`]): a writer that
+//! pauses mid-file for longer than the settle interval would otherwise show two reads the same
+//! half-written YAML. Every trigger, SIGHUP included, waits for that close (up to
+//! [`WRITER_WAIT`]); then the reload's own settle check still applies.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::config::Writing;
 use crate::control::Control;
 
 /// How long the file must be quiet before a change is read: editors write in bursts.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Longest a reload triggered by the watcher or SIGHUP waits for a writer to close a config
+/// file it is writing in place, before it starts reading (the reload itself waits up to 2 s
+/// more for the file to settle).
+pub const WRITER_WAIT: Duration = Duration::from_secs(5);
+
+/// What an event says of in-place writing: a data write means a writer has the file open; its
+/// close (inotify's `IN_CLOSE_WRITE`), or a create or rename that replaces the file, ends that.
+fn note(writing: &Writing, kind: &EventKind) {
+    match kind {
+        EventKind::Modify(ModifyKind::Data(_)) => writing.set(true),
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+        | EventKind::Create(_)
+        | EventKind::Modify(ModifyKind::Name(_)) => writing.set(false),
+        _ => {}
+    }
+}
+
+/// Resolves once no writer has a config file open, or after [`WRITER_WAIT`].
+async fn writers_closed(writing: &Writing) {
+    let give_up = Instant::now() + WRITER_WAIT;
+    while writing.in_progress() {
+        if Instant::now() >= give_up {
+            tracing::warn!(
+                "a config file is still open for writing after {WRITER_WAIT:?}; reading it anyway"
+            );
+            writing.set(false);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Watches the directory of each file the config is read from (the config file and its
 /// `flags_file`) and reloads after changes to one of those files or to a `..data` symlink.
 /// The set follows the config: a reload that names another `flags_file` moves the watch.
+/// The same events tell [`Control::writing`] when a file is being written in place.
 pub fn watch(control: Arc<Control>) -> notify::Result<()> {
     let (tx, mut events) = mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let writing = control.writing();
     let mut files = control.watched_files();
-    let mut watching = Watching::aim(tx.clone(), &files.borrow_and_update())?;
+    let mut watching = Watching::aim(tx.clone(), writing.clone(), &files.borrow_and_update())?;
     watching.warn_if_incomplete();
     // The task owns the watcher: dropping it ends the watch.
     tokio::spawn(async move {
@@ -45,6 +86,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<()> {
                             quiet_at = Instant::now() + DEBOUNCE;
                         }
                     }
+                    writers_closed(&writing).await;
                     reload(&control).await;
                 }
                 Ok(()) = files.changed() => {
@@ -52,7 +94,7 @@ pub fn watch(control: Arc<Control>) -> notify::Result<()> {
                     if wanted == watching.files && watching.complete {
                         continue;
                     }
-                    match Watching::aim(tx.clone(), &wanted) {
+                    match Watching::aim(tx.clone(), writing.clone(), &wanted) {
                         Ok(next) => {
                             next.warn_if_incomplete();
                             // A directory watched only now may have changed before the watch
@@ -96,16 +138,24 @@ impl Watching {
     /// A fresh watcher each time, rather than re-aiming one: inotify shares one watch between
     /// two spellings of a directory (`.` and its absolute path), so unwatching one would
     /// silently end the other.
-    fn aim(tx: mpsc::UnboundedSender<Vec<PathBuf>>, files: &[PathBuf]) -> notify::Result<Watching> {
+    fn aim(
+        tx: mpsc::UnboundedSender<Vec<PathBuf>>,
+        writing: Arc<Writing>,
+        files: &[PathBuf],
+    ) -> notify::Result<Watching> {
+        let names = watched_names(files);
+        let relevant = names.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                let Ok(event) = event else { return };
+                // Noted here, on the watcher's thread, so a reload already reading sees it.
+                if is_relevant(&relevant, &event.paths) {
+                    note(&writing, &event.kind);
+                }
                 // Reads (cutover's own included) are not changes; counting them would reload
                 // forever.
-                match event {
-                    Ok(event) if !event.kind.is_access() => {
-                        let _ = tx.send(event.paths);
-                    }
-                    _ => {}
+                if !event.kind.is_access() {
+                    let _ = tx.send(event.paths);
                 }
             })?;
         let mut dirs: Vec<PathBuf> = Vec::new();
@@ -126,11 +176,7 @@ impl Watching {
             _watcher: watcher,
             files: files.to_vec(),
             dirs,
-            names: files
-                .iter()
-                .filter_map(|f| f.file_name().map(ToOwned::to_owned))
-                .chain([OsString::from("..data")])
-                .collect(),
+            names,
             complete,
         })
     }
@@ -144,14 +190,27 @@ impl Watching {
         }
     }
 
-    /// By name only: a same-named file in another watched directory costs one reload that
-    /// finds nothing changed.
     fn is_relevant(&self, paths: &[PathBuf]) -> bool {
-        paths.iter().any(|path| {
-            path.file_name()
-                .is_some_and(|name| self.names.iter().any(|n| n == name))
-        })
+        is_relevant(&self.names, paths)
     }
+}
+
+/// The file names that matter in the watched directories: the files, and `..data`.
+fn watched_names(files: &[PathBuf]) -> Vec<OsString> {
+    files
+        .iter()
+        .filter_map(|f| f.file_name().map(ToOwned::to_owned))
+        .chain([OsString::from("..data")])
+        .collect()
+}
+
+/// By name only: a same-named file in another watched directory costs one reload that finds
+/// nothing changed.
+fn is_relevant(names: &[OsString], paths: &[PathBuf]) -> bool {
+    paths.iter().any(|path| {
+        path.file_name()
+            .is_some_and(|name| names.iter().any(|n| n == name))
+    })
 }
 
 fn directory_of(file: &Path) -> PathBuf {
@@ -161,11 +220,13 @@ fn directory_of(file: &Path) -> PathBuf {
     }
 }
 
-/// Reloads on every SIGHUP.
+/// Reloads on every SIGHUP, once no config file is being written in place.
 pub fn reload_on_sighup(control: Arc<Control>) -> std::io::Result<()> {
     let mut hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let writing = control.writing();
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
+            writers_closed(&writing).await;
             let control = control.clone();
             let _ = tokio::task::spawn_blocking(move || control.reload("sighup")).await;
         }
