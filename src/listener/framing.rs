@@ -17,6 +17,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::timeouts::HeadTimer;
+
 /// Heads larger than this are hyper's to reject (431); we stop following the connection.
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -69,6 +71,8 @@ pub struct Sniffed<S> {
     partial_head: Vec<u8>,
     heads: u32,
     watch: Arc<FramingWatch>,
+    /// Told after each read whether a head is on its way; ends a late one.
+    head_timer: Option<HeadTimer>,
 }
 
 impl<S> Sniffed<S> {
@@ -79,7 +83,14 @@ impl<S> Sniffed<S> {
             partial_head: Vec::new(),
             heads: 0,
             watch,
+            head_timer: None,
         }
+    }
+
+    /// Holds every request head on this connection to `timer` (see [`HeadTimer`]).
+    pub fn with_head_timer(mut self, timer: HeadTimer) -> Sniffed<S> {
+        self.head_timer = Some(timer);
+        self
     }
 
     /// True while a request head is on its way: the first one until it is complete, a later
@@ -308,11 +319,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if !matches!(this.state, State::Off) {
-                let fresh = &buf.filled()[before..];
-                this.observe(fresh);
+        match polled {
+            Poll::Ready(Ok(())) => {
+                if !matches!(this.state, State::Off) {
+                    let fresh = &buf.filled()[before..];
+                    this.observe(fresh);
+                }
+                let reading_head = this.reading_head();
+                if let Some(timer) = &mut this.head_timer {
+                    timer.after_read(reading_head);
+                }
             }
+            Poll::Pending => {
+                if let Some(late) = this.head_timer.as_mut().and_then(|t| t.poll_expired(cx)) {
+                    return Poll::Ready(Err(late));
+                }
+            }
+            Poll::Ready(Err(_)) => {}
         }
         polled
     }

@@ -166,8 +166,9 @@ where
                 FirstBytes::None => {}
                 FirstBytes::Http1 => {
                     let framing = Arc::new(FramingWatch::default());
-                    let sniffed = Sniffed::new(stream, framing.clone());
-                    let io = TokioIo::new(HeadTimer::new(sniffed, limits.header_timeout, accepted));
+                    let head_timer = HeadTimer::new(limits.header_timeout, accepted);
+                    let sniffed = Sniffed::new(stream, framing.clone()).with_head_timer(head_timer);
+                    let io = TokioIo::new(sniffed);
                     let service = service_fn(per_connection(Connection { peer, framing }));
                     let conn = builder.serve_connection_with_upgrades(io, service);
                     if let Err(err) = watcher.watch(conn.into_owned()).await {

@@ -17,92 +17,47 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::framing::Sniffed;
-
 /// Cuts an HTTP/1 connection whose request head is not complete `header_timeout` after its
-/// first byte (after the accept, for the first head). Costs nothing for a head that arrives
-/// in one read, which is nearly all of them: the timer is armed only while a head is partial.
-pub struct HeadTimer<S> {
-    inner: Sniffed<S>,
+/// first byte (after the accept, for the first head). The connection's reader
+/// ([`super::framing::Sniffed`], which knows where heads begin and end) asks it after each
+/// read. Costs nothing for a head that arrives in one read, which is nearly all of them: the
+/// timer runs only while a head is partial.
+pub struct HeadTimer {
     header_timeout: Duration,
     deadline: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S> HeadTimer<S> {
-    pub fn new(inner: Sniffed<S>, header_timeout: Duration, accepted: Instant) -> HeadTimer<S> {
+impl HeadTimer {
+    pub fn new(header_timeout: Duration, accepted: Instant) -> HeadTimer {
         HeadTimer {
-            inner,
             header_timeout,
             deadline: Some(Box::pin(tokio::time::sleep_until(
                 accepted + header_timeout,
             ))),
         }
     }
-}
 
-impl<S: AsyncRead + Unpin> AsyncRead for HeadTimer<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        match polled {
-            Poll::Ready(Ok(())) => {
-                if !this.inner.reading_head() {
-                    this.deadline = None;
-                } else if this.deadline.is_none() {
-                    let at = Instant::now() + this.header_timeout;
-                    this.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
-                }
-            }
-            Poll::Pending => {
-                if let Some(deadline) = &mut this.deadline {
-                    if deadline.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::TimedOut,
-                            "request head not complete within client_header_timeout",
-                        )));
-                    }
-                }
-            }
-            Poll::Ready(Err(_)) => {}
+    /// After bytes arrived: runs on while a head is on its way, stops once none is.
+    pub fn after_read(&mut self, reading_head: bool) {
+        if !reading_head {
+            self.deadline = None;
+        } else if self.deadline.is_none() {
+            let at = Instant::now() + self.header_timeout;
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
         }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for HeadTimer<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    /// While waiting for bytes: the error to end the connection with once the head is late.
+    pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        let deadline = self.deadline.as_mut()?;
+        deadline.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request head not complete within client_header_timeout",
+            )
+        })
     }
 }
 
