@@ -180,8 +180,12 @@ where
                         peer,
                         framing: Arc::new(FramingWatch::default()),
                     });
-                    // Holding the watcher makes the drain wait for this connection, too.
-                    serve_h2(builder, stream, handler, limits, shutdown, watcher, what).await;
+                    // Holding the watcher makes the drain wait for this connection, too. Boxed:
+                    // the task is as large as its largest state, and most connections are h1.
+                    Box::pin(serve_h2(
+                        builder, stream, handler, limits, shutdown, watcher, what,
+                    ))
+                    .await;
                 }
             }
         });

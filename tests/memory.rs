@@ -1,0 +1,72 @@
+//! What an idle client connection costs: 2,000 keep-alive connections, each after one request,
+//! held open against the real binary, and the process's resident memory read from /proc.
+//! The budget is for the debug build the tests run (release is smaller; `benches/memory.sh`
+//! measures it against HAProxy).
+
+mod common;
+
+use std::time::Duration;
+
+use common::raw::{self, RawConn};
+use common::{split_config, Backend, Cutover};
+
+const CONNECTIONS: usize = 2_000;
+/// Per idle keep-alive connection, debug build.
+const BUDGET_BYTES: usize = 24 * 1024;
+
+fn rss_bytes(cutover: &Cutover) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", cutover.child.id())).unwrap();
+    let kb: usize = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+async fn one_request(conn: &mut RawConn) {
+    conn.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+        .await
+        .unwrap();
+    conn.read_until(Duration::from_secs(5), |b| b.ends_with(b"legacy\n"))
+        .await;
+    assert!(conn.text().ends_with("legacy\n"), "{:?}", conn.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_costs_less_than_its_budget() {
+    let backend = Backend::start("legacy").await;
+    let cutover = Cutover::start(&split_config(&[("legacy", &backend.url(), 100.0)], ""));
+    // Warm up: the backend pool, the metric series, the allocator's first arenas.
+    let mut warm = Vec::new();
+    for _ in 0..50 {
+        let mut conn = raw::connect(cutover.proxy).await;
+        one_request(&mut conn).await;
+        warm.push(conn);
+    }
+    drop(warm);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = rss_bytes(&cutover);
+
+    let mut idle = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut conn = raw::connect(cutover.proxy).await;
+        one_request(&mut conn).await;
+        idle.push(conn);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let per_connection = rss_bytes(&cutover).saturating_sub(before) / CONNECTIONS;
+    eprintln!(
+        "{CONNECTIONS} idle keep-alive connections: {per_connection} bytes each (budget {BUDGET_BYTES})"
+    );
+    assert!(
+        per_connection <= BUDGET_BYTES,
+        "{per_connection} bytes per idle connection, budget {BUDGET_BYTES}"
+    );
+    assert_eq!(
+        cutover
+            .metric(r#"cutover_open_connections{listener="proxy"}"#)
+            .await,
+        Some(CONNECTIONS as f64)
+    );
+}
