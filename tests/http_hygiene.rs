@@ -270,6 +270,34 @@ GET /headers HTTP/1.1\r\nHost: a.example\r\n\r\n";
     assert!(!reply.raw.contains("x-backend"), "{reply:#?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_request_after_a_bare_lf_request_is_still_400() {
+    // Hyper accepts bare LF line ends; the framing check must count that head too, or the
+    // ambiguous request after it is matched with the wrong head and forwarded.
+    let backend = Backend::start("legacy").await;
+    let cutover = proxy_to(&backend.url(), "");
+    let mut conn = raw::connect(cutover.proxy).await;
+    conn.send(b"GET / HTTP/1.1\nHost: a.example\n\n")
+        .await
+        .unwrap();
+    conn.read_until(Duration::from_secs(5), |b| b.ends_with(b"legacy\n"))
+        .await;
+    assert!(conn.text().starts_with("HTTP/1.1 200"), "{:?}", conn.text());
+    conn.received.clear();
+    conn.send(
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    conn.read_until(Duration::from_secs(5), raw::until_close)
+        .await;
+    let text = conn.text();
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    assert!(!text.contains("len="), "forwarded to the backend: {text:?}");
+    assert!(conn.closed);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. Host
 // ---------------------------------------------------------------------------------------------
