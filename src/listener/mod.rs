@@ -17,9 +17,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
@@ -98,10 +98,11 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+    // hyper's own builders, not hyper-util's `auto`: `first_bytes` already tells HTTP/1 from
+    // HTTP/2, and `auto` would read the first bytes again through a rewind buffer, which also
+    // doubles hyper's read buffer on every connection (measured with benches/memory.sh).
+    let mut h1 = http1::Builder::new();
+    h1.timer(TokioTimer::new())
         // Hyper starts this timer when a keep-alive connection goes idle, so it is the idle
         // timeout; `HeadTimer` holds a head that has started to `header_timeout`.
         .header_read_timeout(limits.idle_timeout)
@@ -109,11 +110,14 @@ where
         // and `send` is cheaper in the kernel than `writev` (measured with benches/load.sh).
         .writev(false)
         .max_buf_size(MAX_HEAD_BYTES)
+        // A head over this gets 431 however its bytes arrive (the buffer limit alone
+        // depends on how much one read brings).
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
+    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(crate::telemetry::OPEN_CONNECTIONS, "listener" => what);
@@ -155,7 +159,7 @@ where
         let accepted = Instant::now();
         let _ = stream.set_nodelay(true);
         let per_connection = per_connection.clone();
-        let builder = builder.clone();
+        let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         let shutdown = shutdown.clone();
         let slot = Slot::taken(slot, open.clone());
@@ -170,8 +174,24 @@ where
                     let sniffed = Sniffed::new(stream, framing.clone()).with_head_timer(head_timer);
                     let io = TokioIo::new(sniffed);
                     let service = service_fn(per_connection(Connection { peer, framing }));
-                    let conn = builder.serve_connection_with_upgrades(io, service);
-                    if let Err(err) = watcher.watch(conn.into_owned()).await {
+                    let conn = h1.serve_connection(io, service).with_upgrades();
+                    let mut conn = std::pin::pin!(conn);
+                    // Holding the watcher makes the drain wait for this connection.
+                    let _drained_with = watcher;
+                    let mut shutdown = shutdown;
+                    let result = if *shutdown.borrow_and_update() {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    } else {
+                        tokio::select! {
+                            result = conn.as_mut() => result,
+                            _ = shutdown.changed() => {
+                                conn.as_mut().graceful_shutdown();
+                                conn.await
+                            }
+                        }
+                    };
+                    if let Err(err) = result {
                         tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");
                     }
                 }
@@ -183,7 +203,7 @@ where
                     // Holding the watcher makes the drain wait for this connection, too. Boxed:
                     // the task is as large as its largest state, and most connections are h1.
                     Box::pin(serve_h2(
-                        builder, stream, handler, limits, shutdown, watcher, what,
+                        &h2, stream, handler, limits, shutdown, watcher, what,
                     ))
                     .await;
                 }
@@ -195,7 +215,7 @@ where
 /// One HTTP/2 connection, closed (GOAWAY, then the streams finish) on shutdown or once it
 /// has had no open stream for `idle_timeout`.
 async fn serve_h2<H, F, B>(
-    builder: auto::Builder<TokioExecutor>,
+    builder: &http2::Builder<TokioExecutor>,
     stream: TcpStream,
     handler: H,
     limits: Limits,
@@ -218,7 +238,7 @@ async fn serve_h2<H, F, B>(
             Ok::<_, Infallible>(response.map(|body| Counted::new(body, stream)))
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let mut closing = *shutdown.borrow();
     if closing {
