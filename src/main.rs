@@ -10,15 +10,10 @@ use cutover::admin::client::{AdminClient, Switched};
 use cutover::demo::DemoPorts;
 use cutover::{check, demo, server, telemetry};
 
-// Optional global allocators (benches/memory.sh compares them); the system malloc otherwise.
-// With both features on (`--all-features`), jemalloc is used.
+// jemalloc unless built with `--no-default-features` (see Cargo.toml for why).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(

@@ -12,7 +12,7 @@ use common::{split_config, Backend, Cutover};
 
 const CONNECTIONS: usize = 2_000;
 /// Per idle keep-alive connection, debug build.
-const BUDGET_BYTES: usize = 24 * 1024;
+const BUDGET_BYTES: usize = 20 * 1024;
 
 fn rss_bytes(cutover: &Cutover) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{}/status", cutover.child.id())).unwrap();
