@@ -34,6 +34,9 @@ pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often a pool with idle connections looks for stale ones.
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// Idle HTTP/1 connections kept per backend (like nginx's `keepalive`): a burst of clients
+/// opens as many as it needs, and each one kept costs ~30 KB (hyper's buffers, its task).
+const MAX_IDLE: usize = 256;
 
 /// The connections to one backend. Cloning shares them.
 #[derive(Clone)]
@@ -271,6 +274,10 @@ impl Http1Pool {
         let since = Instant::now();
         let start_sweeper = {
             let mut idle = lock(&self.idle);
+            if idle.conns.len() >= MAX_IDLE {
+                // Dropping the sender closes the connection.
+                return;
+            }
             idle.conns.push(IdleConn { sender, since });
             !std::mem::replace(&mut idle.sweeping, true)
         };
