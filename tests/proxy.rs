@@ -298,3 +298,34 @@ async fn the_duration_histogram_has_one_infinite_bucket() {
     );
     assert_eq!(buckets.len(), 16, "15 finite bounds and +Inf: {buckets:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_body_written_at_once_arrives_whole_and_in_order() {
+    // 1 MiB in one write: cutover hands it on in pieces (hyper would otherwise keep a write
+    // buffer that large on the client connection), and every byte must arrive, in order.
+    let body: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut reply =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    reply.extend_from_slice(&body);
+    let backend = raw::RawBackend::start(Box::leak(reply.into_boxed_slice())).await;
+    let cutover = Cutover::start(&split_config(&[("legacy", &backend.url(), 100.0)], ""));
+    let client = common::client();
+    let response = client
+        .request(
+            http::Request::get(format!("http://{}/big", cutover.proxy))
+                .body(http_body_util::Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-length"],
+        body.len().to_string().as_str()
+    );
+    let received = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(received == body, "{} bytes received", received.len());
+}

@@ -39,9 +39,16 @@ pub struct KilledStream;
 #[error("backend response body stalled past read_timeout")]
 pub struct StalledBody;
 
+/// Largest data frame handed to hyper. Hyper copies each frame into the connection's write
+/// buffer, which keeps its largest size for as long as the connection lives: a 1 MB chunk from
+/// a backend would leave every idle keep-alive connection that relayed one holding ~1 MB.
+const MAX_FRAME: usize = 16 * 1024;
+
 /// A backend's response body on its way to the client.
 pub struct Relayed {
     inner: Incoming,
+    /// What is left of a data frame larger than [`MAX_FRAME`].
+    rest: Bytes,
     /// Resolves when the route is killed and `kill_grace` passed (non-stable backends only).
     cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     read_timeout: Duration,
@@ -70,6 +77,7 @@ impl Relayed {
     ) -> Relayed {
         Relayed {
             inner,
+            rest: Bytes::new(),
             cut,
             read_timeout: exchange.target().backend.read_timeout,
             stall: None,
@@ -102,10 +110,21 @@ impl Relayed {
                 return Poll::Ready(Some(Err(KilledStream.into())));
             }
         }
+        if !self.rest.is_empty() {
+            let piece = self.rest.split_to(self.rest.len().min(MAX_FRAME));
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.waiting = false;
-                Poll::Ready(Some(Ok(frame)))
+                match frame.into_data() {
+                    Ok(mut data) if data.len() > MAX_FRAME => {
+                        self.rest = data.split_off(MAX_FRAME);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
             }
             Poll::Ready(None) => {
                 self.finish(None);
@@ -161,14 +180,24 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Relayed(relayed) => relayed.inner.is_end_stream(),
+            ResponseBody::Relayed(relayed) => {
+                relayed.rest.is_empty() && relayed.inner.is_end_stream()
+            }
             ResponseBody::Local(full) => full.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Relayed(relayed) => relayed.inner.size_hint(),
+            ResponseBody::Relayed(relayed) => {
+                let mut hint = relayed.inner.size_hint();
+                let rest = relayed.rest.len() as u64;
+                hint.set_lower(hint.lower() + rest);
+                if let Some(upper) = hint.upper() {
+                    hint.set_upper(upper + rest);
+                }
+                hint
+            }
             ResponseBody::Local(full) => full.size_hint(),
         }
     }

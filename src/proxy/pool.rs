@@ -37,6 +37,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Idle HTTP/1 connections kept per backend (like nginx's `keepalive`): a burst of clients
 /// opens as many as it needs, and each one kept costs ~30 KB (hyper's buffers, its task).
 const MAX_IDLE: usize = 256;
+/// Largest read or write buffer of one backend connection.
+const MAX_BUFFER: usize = 64 * 1024;
 
 /// The connections to one backend. Cloning shares them.
 #[derive(Clone)]
@@ -239,6 +241,10 @@ impl Http1Pool {
         // A flat write, as on the server side.
         let (sender, conn) = http1::Builder::new()
             .writev(false)
+            // Hyper grows a connection's read buffer with large bodies, up to ~400 KB, and
+            // keeps it while the connection idles in the pool; 64 KiB reads stream as well.
+            // A response head must fit too (nginx's limit is its 4–8 KiB proxy_buffer_size).
+            .max_buf_size(MAX_BUFFER)
             .handshake(io)
             .await
             .map_err(|err| ProxyError::from_hyper(&err))?;
