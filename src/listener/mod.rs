@@ -1,9 +1,12 @@
 //! The one accept loop, shared by every listener (proxy, admin API, flags API): HTTP/1 or h2c
 //! per connection, one task per connection, the same limits for all three, until shutdown.
 //!
-//! A slow client cannot hold a connection: a request head must arrive within
-//! `client_header_timeout`, counted from the accept (hyper's own header timer starts only once
-//! the first bytes are in, and needs a timer set on the builder or it is silently off).
+//! A client cannot hold more than its share: at most `max_connections` are accepted at once
+//! (the rest wait in the kernel's backlog), a request head must arrive within
+//! `client_header_timeout` (from the accept, then from each head's first byte), and a
+//! connection with nothing in progress is closed after `client_idle_timeout` (see
+//! [`timeouts`]). On shutdown every connection is asked to finish (HTTP/1 after its current
+//! response, HTTP/2 with GOAWAY) and the caller's drain waits for them.
 
 pub mod framing;
 mod timeouts;
