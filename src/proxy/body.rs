@@ -51,7 +51,6 @@ pub struct Relayed {
     rest: Bytes,
     /// Resolves when the route is killed and `kill_grace` passed (non-stable backends only).
     cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    read_timeout: Duration,
     /// Made on the first wait for the backend, then reused: most bodies never wait.
     stall: Option<Pin<Box<Sleep>>>,
     /// Whether `stall` runs from the current wait (it is reset after each frame).
@@ -79,7 +78,6 @@ impl Relayed {
             inner,
             rest: Bytes::new(),
             cut,
-            read_timeout: exchange.target().backend.read_timeout,
             stall: None,
             waiting: false,
             record: Some(Record {
@@ -88,6 +86,13 @@ impl Relayed {
                 trips,
             }),
         }
+    }
+
+    /// The backend's `read_timeout` (none is left to wait for once the exchange is recorded).
+    fn read_timeout(&self) -> Duration {
+        self.record
+            .as_ref()
+            .map_or(Duration::ZERO, |r| r.exchange.target().backend.read_timeout)
     }
 
     /// Records how the exchange ended: `failure`, or its status.
@@ -135,16 +140,18 @@ impl Relayed {
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Pending => {
-                let at = Instant::now() + self.read_timeout;
-                let stall = match &mut self.stall {
-                    Some(stall) if self.waiting => stall,
-                    Some(stall) => {
-                        stall.as_mut().reset(at);
-                        stall
+                // The clock is read only when a wait begins, not on every wakeup within it.
+                if !self.waiting {
+                    self.waiting = true;
+                    let at = Instant::now() + self.read_timeout();
+                    match &mut self.stall {
+                        Some(stall) => stall.as_mut().reset(at),
+                        None => self.stall = Some(Box::pin(tokio::time::sleep_until(at))),
                     }
-                    None => self.stall.insert(Box::pin(tokio::time::sleep_until(at))),
+                }
+                let Some(stall) = &mut self.stall else {
+                    return Poll::Pending;
                 };
-                self.waiting = true;
                 if stall.as_mut().poll(cx).is_ready() {
                     self.finish(Some(&ProxyError::BodyTimeout));
                     return Poll::Ready(Some(Err(StalledBody.into())));
