@@ -232,7 +232,7 @@ fn ensure_file_descriptors(config: &Config) {
     let listeners = if config.flags_api.is_some() { 3 } else { 2 };
     // A proxied connection may hold one to a backend as well; then the files, logs, watches.
     let needed = (config.max_connections as u64) * (listeners + 1) + 256;
-    match rlimit::increase_nofile_limit(needed) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < needed => tracing::warn!(
             "max_connections {} on {listeners} listeners may need {needed} file descriptors, \
              but the limit is {limit} (ulimit -n): lower max_connections or raise the limit",
