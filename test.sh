@@ -5,7 +5,8 @@ cd "$(dirname "$0")"
 
 # The Rust toolchain comes with the machine. The rest is installed here: Python packages into a
 # virtualenv (.venv-test) from tests/python/requirements.txt and deploy/requirements.txt,
-# Debian's chromium with apt-get and playwright-core with npm (tests/browser/run.sh).
+# Debian's chromium with apt-get and playwright-core with npm (tests/browser/run.sh), nginx, wrk
+# and curl with apt-get (benches/load.sh).
 command -v cargo >/dev/null || { echo "test.sh: cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "test.sh: python3 is required" >&2; exit 1; }
 
@@ -36,6 +37,27 @@ CUTOVER_BIN="$PWD/target/debug/cutover" bash tests/browser/run.sh 2>&1 | tee "$o
 VENV=.venv-test CUTOVER_BIN="$PWD/target/debug/cutover" bash deploy/validate.sh 2>&1 |
     tee -a "$otherlog" || status=1
 
+# benches/load.sh for one second in each mode against the debug binary (it installs nginx, wrk
+# and curl when missing), so the load script cannot rot: each run must answer without errors.
+bench_smoke() { # mode
+    local out
+    out=$(MODE=$1 TARGETS=cutover DURATION=1 ROUNDS=1 SPLIT_CHECK=50 \
+        CUTOVER_BIN="$PWD/target/debug/cutover" bash benches/load.sh) || return 1
+    printf '%s\n' "$out"
+    awk '$1 == "cutover" && $4 == "0" { ok = 1 } END { exit !ok }' <<<"$out"
+}
+bench_passed=0
+bench_failed=0
+for mode in route ofrep; do
+    if bench_smoke "$mode"; then
+        bench_passed=$((bench_passed + 1))
+    else
+        bench_failed=$((bench_failed + 1))
+        status=1
+    fi
+done
+echo "benches: $bench_passed passed, $bench_failed failed" | tee -a "$otherlog"
+
 # One closing line over every test binary, the Python tests, the browser and deploy checks.
 # pytest's closing line reads like "1 failed, 9 passed, 1 error in 0.37s"; errors count as
 # failures, and so does any suite that failed without counting a failure (a crash).
@@ -51,7 +73,7 @@ awk -v status="$status" '
          }
          next
      }
-     FILENAME == ARGV[3] && /^(browser|deploy): [0-9]+ passed, [0-9]+ failed$/ {
+     FILENAME == ARGV[3] && /^(browser|deploy|benches): [0-9]+ passed, [0-9]+ failed$/ {
          passed += $2; failed += $4
      }
      END {

@@ -70,7 +70,9 @@ cleanup() {
     local rc=$? p i all=()
     if [[ -n $WRK_PID ]]; then kill "$WRK_PID" 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do mapfile -t -O "${#all[@]}" all < <(tree_pids "$p"); done
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    # Every process of the tree gets the TERM: the pid we hold may be the subshell that runs
+    # `on_server_cpu`, and a server must exit by itself (PGO profiles are written at exit).
+    for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${all[@]}"; do
         for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$p" 2>/dev/null || true
@@ -324,6 +326,11 @@ admin:
   listen: 127.0.0.1:${ADMIN_PORT[$1]}
 flags_api:
   listen: 127.0.0.1:${FLAGS_PORT[$1]}
+# A config needs a route; this one is never used.
+backends:
+  legacy: { url: "http://127.0.0.1:$LEGACY_PORT" }
+routes:
+  - { name: all, match: { path_prefix: / }, split: { legacy: 100 } }
 flags:
   new-checkout:
     variants: { "on": true, "off": false }
