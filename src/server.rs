@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use futures_util::FutureExt as _;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -143,7 +144,7 @@ impl Server {
                     let proxy = proxy.clone();
                     let peer = conn.peer.clone();
                     let ambiguous = conn.next_request_is_ambiguous();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, peer, ambiguous).await) }
+                    proxy.handle(req, peer, ambiguous).map(Ok::<_, Infallible>)
                 }
             },
         ));

@@ -74,115 +74,126 @@ impl Proxy {
 
     /// Serves one request from `peer`. `ambiguous_framing`: the raw head had conflicting
     /// length fields that hyper resolved on its own (see `listener::framing`).
-    pub async fn handle(
-        &self,
+    ///
+    /// Not an `async fn`: one keeps a copy of each argument beside the locals made from it, and
+    /// hyper moves every request's future whole a few times (measured with callgrind).
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub fn handle(
+        self: Arc<Self>,
         mut req: Request<Incoming>,
         peer: Peer,
         ambiguous_framing: bool,
-    ) -> Response<ResponseBody> {
-        let started = Instant::now();
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static {
+        async move {
+            let started = Instant::now();
 
-        // Check.
-        let addressed = match check(&req, ambiguous_framing) {
-            Ok(addressed) => addressed,
-            Err(rejection) => return reject(rejection),
-        };
+            // Check.
+            let addressed = match check(&req, ambiguous_framing) {
+                Ok(addressed) => addressed,
+                Err(rejection) => return reject(rejection),
+            };
 
-        // Match and pick.
-        let snapshot = self.live.load_full();
-        let trusted = &snapshot.config.trusted_proxies;
-        let peer_trusted = headers::is_trusted(peer.addr.ip(), trusted);
-        let client_ip = headers::client_ip(peer.addr.ip(), req.headers(), trusted);
-        let Some(mut exchange) = pick(snapshot, &req, addressed.as_ref(), client_ip, started)
-        else {
-            return local(
-                StatusCode::NOT_FOUND,
-                "no-route",
-                "cutover: no route\n".to_owned(),
-            );
-        };
-
-        // Forward.
-        let upgrade = if req.version() == Version::HTTP_11 {
-            headers::websocket_upgrade(req.headers())
-        } else {
-            None
-        };
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut head, body) = req.into_parts();
-        rewrite_head(
-            &mut head,
-            upgrade.clone(),
-            addressed.as_ref(),
-            &peer,
-            peer_trusted,
-        );
-        let forwarded = self
-            .forward(&mut exchange, head, body, upgrade.is_some())
-            .await;
-        let response = match forwarded {
-            Ok(response) => match valid_response(&response, client_upgrade.is_some()) {
-                Ok(()) => response,
-                Err(err) => return self.fail(exchange, &err),
-            },
-            Err(Unanswered::Failed(err)) => return self.fail(exchange, &err),
-            Err(Unanswered::Unsent(err)) => {
+            // Match and pick.
+            let snapshot = self.live.load_full();
+            let trusted = &snapshot.config.trusted_proxies;
+            let peer_trusted = headers::is_trusted(peer.addr.ip(), trusted);
+            let client_ip = headers::client_ip(peer.addr.ip(), req.headers(), trusted);
+            let Some(mut exchange) = pick(snapshot, &req, addressed.as_ref(), client_ip, started)
+            else {
                 return local(
-                    err.status(),
-                    err.kind(),
-                    format!("cutover: {}\n", err.describe()),
-                )
-            }
-        };
+                    StatusCode::NOT_FOUND,
+                    "no-route",
+                    "cutover: no route\n".to_owned(),
+                );
+            };
 
-        // Respond; the body records the outcome when it ends.
-        let trips = exchange.guarded().then(|| self.trips.clone());
-        respond(exchange, response, upgrade, client_upgrade, trips)
+            // Forward.
+            let upgrade = if req.version() == Version::HTTP_11 {
+                headers::websocket_upgrade(req.headers())
+            } else {
+                None
+            };
+            let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let (mut head, body) = req.into_parts();
+            rewrite_head(
+                &mut head,
+                upgrade.clone(),
+                addressed.as_ref(),
+                &peer,
+                peer_trusted,
+            );
+            let forwarded = self
+                .forward(&mut exchange, head, body, upgrade.is_some())
+                .await;
+            let response = match forwarded {
+                Ok(response) => match valid_response(&response, client_upgrade.is_some()) {
+                    Ok(()) => response,
+                    Err(err) => return self.fail(exchange, &err),
+                },
+                Err(Unanswered::Failed(err)) => return self.fail(exchange, &err),
+                Err(Unanswered::Unsent(err)) => {
+                    return local(
+                        err.status(),
+                        err.kind(),
+                        format!("cutover: {}\n", err.describe()),
+                    )
+                }
+            };
+
+            // Respond; the body records the outcome when it ends.
+            let trips = exchange.guarded().then(|| self.trips.clone());
+            respond(exchange, response, upgrade, client_upgrade, trips)
+        }
     }
 
     /// Sends the request to the picked backend. A non-stable backend that cannot be reached
     /// gets an idempotent, small request replayed once on stable (`fallback: true`).
-    async fn forward(
-        &self,
-        exchange: &mut Exchange,
+    /// Not an `async fn`, for the reason `handle` gives.
+    #[allow(clippy::manual_async_fn)]
+    fn forward<'a>(
+        &'a self,
+        exchange: &'a mut Exchange,
         head: Parts,
         body: Incoming,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, Unanswered> {
-        let route = exchange.route();
-        let strip = route.strip;
-        let replayable = route.fallback && exchange.target != 0 && !upgrade && is_replayable(&head);
-        if !replayable {
+    ) -> impl Future<Output = Result<Response<Incoming>, Unanswered>> + Send + 'a {
+        async move {
+            let route = exchange.route();
+            let strip = route.strip;
+            let replayable =
+                route.fallback && exchange.target != 0 && !upgrade && is_replayable(&head);
+            if !replayable {
+                let upstream = &exchange.target().backend;
+                let request = outbound(upstream, head, strip, Either::Left(body))?;
+                return upstream.send(request).await.map_err(Unanswered::Failed);
+            }
+            let body = Limited::new(body, MAX_REPLAY_BODY as usize)
+                .collect()
+                .await
+                .map_err(|_| Unanswered::Unsent(ProxyError::ClientBody))?
+                .to_bytes();
             let upstream = &exchange.target().backend;
-            let request = outbound(upstream, head, strip, Either::Left(body))?;
-            return upstream.send(request).await.map_err(Unanswered::Failed);
+            let first = outbound(
+                upstream,
+                copy_head(&head),
+                strip,
+                Either::Right(Full::new(body.clone())),
+            )?;
+            let err = match upstream.send(first).await {
+                Ok(response) => return Ok(response),
+                Err(err) if err.allows_fallback() => err,
+                Err(err) => return Err(Unanswered::Failed(err)),
+            };
+            // Count the failure where it happened, then replay on stable.
+            self.observe(exchange, exchange.target, Outcome::Failed(&err));
+            exchange.route().telemetry.fallbacks.increment(1);
+            tracing::debug!(route = %exchange.route().name, backend = %upstream.name, error = ?err, "falling back to stable");
+            exchange.target = 0;
+            exchange.fell_back = true;
+            let stable = &exchange.target().backend;
+            let replay = outbound(stable, head, strip, Either::Right(Full::new(body)))?;
+            stable.send(replay).await.map_err(Unanswered::Failed)
         }
-        let body = Limited::new(body, MAX_REPLAY_BODY as usize)
-            .collect()
-            .await
-            .map_err(|_| Unanswered::Unsent(ProxyError::ClientBody))?
-            .to_bytes();
-        let upstream = &exchange.target().backend;
-        let first = outbound(
-            upstream,
-            copy_head(&head),
-            strip,
-            Either::Right(Full::new(body.clone())),
-        )?;
-        let err = match upstream.send(first).await {
-            Ok(response) => return Ok(response),
-            Err(err) if err.allows_fallback() => err,
-            Err(err) => return Err(Unanswered::Failed(err)),
-        };
-        // Count the failure where it happened, then replay on stable.
-        self.observe(exchange, exchange.target, Outcome::Failed(&err));
-        exchange.route().telemetry.fallbacks.increment(1);
-        tracing::debug!(route = %exchange.route().name, backend = %upstream.name, error = ?err, "falling back to stable");
-        exchange.target = 0;
-        exchange.fell_back = true;
-        let stable = &exchange.target().backend;
-        let replay = outbound(stable, head, strip, Either::Right(Full::new(body)))?;
-        stable.send(replay).await.map_err(Unanswered::Failed)
     }
 
     /// Answers a failed exchange with cutover's own error, and records it.

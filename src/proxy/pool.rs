@@ -9,12 +9,14 @@
 //! connection task and channels. Here the key is resolved once per snapshot (each backend holds
 //! its pool), so a request costs a short lock to pop a connection and one to push it back.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future;
 use http::header::{HeaderValue, HOST};
 use http::uri::Authority;
 use http::{Method, Request, Response, Uri};
@@ -67,11 +69,15 @@ impl Pool {
         }
     }
 
-    /// Sends `req` on a pooled or new connection and waits for the response head.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
+    /// Sends `req` on a pooled or new connection and waits for the response head. Not an
+    /// `async fn`, for the reason `Upstream::send` gives.
+    pub fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
         match self {
-            Pool::Http1(pool) => pool.send(req).await,
-            Pool::Http2(pool) => pool.send(req).await,
+            Pool::Http1(pool) => future::Either::Left(pool.send(req)),
+            Pool::Http2(pool) => future::Either::Right(pool.send(req)),
         }
     }
 }
@@ -184,7 +190,9 @@ impl Http1Pool {
         self.prepare(&mut req);
         let (mut sender, mut pooled) = match self.checkout() {
             Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
+            // Boxed, here and below: a connect is rare under keep-alive, and inline it would
+            // make every request's future (moved with each request) larger.
+            None => (Box::pin(self.connect()).await?, false),
         };
         loop {
             match sender.try_send_request(req).await {
@@ -197,7 +205,7 @@ impl Http1Pool {
                     // never saw it, so it is safe to send once more on a fresh connection.
                     Some(unsent) if pooled => {
                         req = unsent;
-                        sender = self.connect().await?;
+                        sender = Box::pin(self.connect()).await?;
                         pooled = false;
                     }
                     _ => return Err(ProxyError::from_hyper(err.error())),
@@ -399,7 +407,8 @@ impl Http2Pool {
                 // The connecting request was dropped before it finished; try again.
                 continue;
             };
-            let result = self.connect().await;
+            // Boxed: rare, and inline it would make every request's future larger.
+            let result = Box::pin(self.connect()).await;
             let start_sweeper = {
                 let mut shared = lock(&self.shared);
                 if matches!(&shared.slot, Slot::Connecting(rx) if rx.same_channel(&outcome)) {

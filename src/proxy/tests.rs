@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
+
 use http::HeaderMap;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -61,9 +63,9 @@ async fn start(routes_yaml: &str) -> Running {
                 let proxy = proxy.clone();
                 let peer = conn.peer.clone();
                 let ambiguous = conn.next_request_is_ambiguous();
-                async move {
-                    Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, ambiguous).await)
-                }
+                proxy
+                    .handle(req, peer, ambiguous)
+                    .map(Ok::<_, std::convert::Infallible>)
             }
         },
     ));

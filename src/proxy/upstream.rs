@@ -5,9 +5,11 @@
 //! connections instead of opening new ones.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -72,11 +74,15 @@ impl Upstream {
     }
 
     /// Sends `req` and waits for the response head, at most `request_timeout`.
-    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.request_timeout, self.pool.send(req)).await {
-            Ok(result) => result,
-            Err(_) => Err(ProxyError::Timeout),
-        }
+    ///
+    /// A combinator, not an `async fn`: an `async fn` keeps its own copy of `req` beside the
+    /// future it awaits, and every request's future is moved whole a few times on its way.
+    pub fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + '_ {
+        tokio::time::timeout(self.request_timeout, self.pool.send(req))
+            .map(|sent| sent.unwrap_or(Err(ProxyError::Timeout)))
     }
 }
 
