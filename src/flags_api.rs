@@ -11,6 +11,8 @@
 //!
 //! Handlers stay thin: parse the context, load the snapshot once, call [`evaluate`].
 
+mod context;
+
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::hash::{Hash, Hasher};
@@ -124,16 +126,14 @@ impl FlagsApi {
                 )
             }
         };
-        let context = match parse_context(&body) {
-            Ok(context) => context,
-            Err((code, details)) => {
-                return failure(StatusCode::BAD_REQUEST, key.as_deref(), code, &details)
-            }
+        // One flag reads the context in place; the bulk answer needs the whole tree for its ETag.
+        let parsed = match &key {
+            Some(key) => parse_context_in_place(&body).map(|context| self.single(key, &context)),
+            None => parse_context(&body).map(|context| self.bulk(&context, if_none_match)),
         };
-        match key {
-            Some(key) => self.single(&key, &context),
-            None => self.bulk(&context, if_none_match),
-        }
+        parsed.unwrap_or_else(|(code, details)| {
+            failure(StatusCode::BAD_REQUEST, key.as_deref(), code, &details)
+        })
     }
 
     fn authenticate(&self, req: &Request<Incoming>) -> Option<FlagsResponse> {
@@ -287,6 +287,13 @@ fn evaluation<'a>(
 /// Flag keys may hold any printable character, so the path segment is percent-decoded.
 fn decode_key(segment: &str) -> Cow<'_, str> {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
+}
+
+/// The OFREP request body for one flag, read in place (see [`context`]).
+pub(crate) fn parse_context_in_place(
+    body: &[u8],
+) -> Result<context::BorrowedContext<'_>, (&'static str, String)> {
+    context::parse(body)
 }
 
 /// The OFREP request body: empty, `{}`, or `{"context": {...}}`.

@@ -91,9 +91,19 @@ pub fn compile_config(text: &str) -> bool {
     crate::config::compile_text(Path::new("/nonexistent/cutover-fuzz/cutover.yaml"), text).is_ok()
 }
 
-/// The OFREP request body parser; true when the body holds a usable context.
+/// Both OFREP request body parsers (the JSON tree for bulk evaluations, the borrowing one for a
+/// single flag); true when the body holds a usable context. Panics when they disagree on that,
+/// on the error code or on the targeting key.
 pub fn ofrep_context(body: &[u8]) -> bool {
-    crate::flags_api::parse_context(body).is_ok()
+    use crate::flags::Context as _;
+    let tree = crate::flags_api::parse_context(body);
+    let borrowed = crate::flags_api::parse_context_in_place(body);
+    match (&tree, &borrowed) {
+        (Ok(tree), Ok(borrowed)) => assert_eq!(tree.targeting_key(), borrowed.targeting_key()),
+        (Err((a, _)), Err((b, _))) => assert_eq!(a, b),
+        _ => panic!("the OFREP body parsers disagree on {body:?}"),
+    }
+    tree.is_ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,298 @@
+//! The OFREP request body read for one evaluation without building a JSON tree: attribute
+//! names and string values borrow from the body (copied only when they hold escapes), and
+//! nested values are skipped, since no rule can match them. It accepts and refuses exactly
+//! what [`super::parse_context`] does (a test compares the two), and a repeated attribute's
+//! last value wins, as in a JSON map.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::flags::{Context, ContextValue};
+
+/// An evaluation context, in body order.
+#[derive(Debug, Default)]
+pub struct BorrowedContext<'a> {
+    attributes: Vec<(Cow<'a, str>, Attribute<'a>)>,
+}
+
+#[derive(Debug)]
+enum Attribute<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+    /// `null`, an array or an object: present, but never matched.
+    Unmatchable,
+}
+
+impl<'a> BorrowedContext<'a> {
+    fn last(&self, name: &str) -> Option<&Attribute<'a>> {
+        self.attributes
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+}
+
+impl Context for BorrowedContext<'_> {
+    fn targeting_key(&self) -> Option<&str> {
+        match self.last("targetingKey")? {
+            Attribute::Str(key) => Some(key),
+            _ => None,
+        }
+    }
+
+    fn get(&self, attribute: &str) -> Option<ContextValue<'_>> {
+        match self.last(attribute)? {
+            Attribute::Str(s) => Some(ContextValue::Str(s)),
+            Attribute::Num(n) => Some(ContextValue::Num(*n)),
+            Attribute::Bool(b) => Some(ContextValue::Bool(*b)),
+            Attribute::Unmatchable => None,
+        }
+    }
+}
+
+/// The OFREP body: empty, `{}`, or `{"context": {...}}`; errors as [`super::parse_context`].
+pub fn parse(body: &[u8]) -> Result<BorrowedContext<'_>, (&'static str, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(BorrowedContext::default());
+    }
+    /// Other members are ignored, as the spec allows.
+    #[derive(Deserialize)]
+    struct EvaluationRequest<'a> {
+        #[serde(borrow)]
+        context: Option<ContextField<'a>>,
+    }
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err((
+            "PARSE_ERROR",
+            "request body must be a JSON object".to_owned(),
+        ));
+    }
+    let request: EvaluationRequest<'_> = serde_json::from_slice(body)
+        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
+    match request.context {
+        None => Ok(BorrowedContext::default()),
+        Some(ContextField::Object(context)) => match context.last("targetingKey") {
+            None | Some(Attribute::Str(_)) => Ok(context),
+            Some(_) => Err((
+                "INVALID_CONTEXT",
+                "targetingKey must be a string".to_owned(),
+            )),
+        },
+        Some(ContextField::NotObject) => Err((
+            "INVALID_CONTEXT",
+            "context must be a JSON object".to_owned(),
+        )),
+    }
+}
+
+/// `context` itself: an object, or anything else (`null` is `None` around it).
+enum ContextField<'a> {
+    Object(BorrowedContext<'a>),
+    NotObject,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ContextField<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FieldVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for FieldVisitor<'a> {
+            type Value = ContextField<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut attributes = Vec::new();
+                while let Some(Name(name)) = map.next_key()? {
+                    attributes.push((name, map.next_value()?));
+                }
+                Ok(ContextField::Object(BorrowedContext { attributes }))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| ContextField::NotObject)
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+        }
+        deserializer.deserialize_any(FieldVisitor(PhantomData))
+    }
+}
+
+/// An attribute name, borrowed unless it holds escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
+            type Value = Name<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor(PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Attribute<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AttributeVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for AttributeVisitor<'a> {
+            type Value = Attribute<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Attribute::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Attribute::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(Attribute::Bool(b))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Self::Value, E> {
+                Ok(Attribute::Num(n as f64))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<Self::Value, E> {
+                Ok(Attribute::Num(n as f64))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<Self::Value, E> {
+                Ok(Attribute::Num(n))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Attribute::Unmatchable)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                skip_seq(seq).map(|()| Attribute::Unmatchable)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Attribute::Unmatchable)
+            }
+        }
+        deserializer.deserialize_any(AttributeVisitor(PhantomData))
+    }
+}
+
+fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
+    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both parsers agree on every body: accepted or refused with the same code, and the same
+    /// targeting key and attributes when accepted.
+    #[test]
+    fn agrees_with_the_json_tree_parser() {
+        let bodies = [
+            "",
+            "  \n",
+            "{}",
+            "[]",
+            "null",
+            "{\"context\":null}",
+            "{\"context\":{}}",
+            "{\"context\":[1,2]}",
+            "{\"context\":\"x\"}",
+            "{\"context\":7}",
+            "{\"context\":true}",
+            "{\"context\":{\"targetingKey\":\"u1\",\"country\":\"NL\"}}",
+            "{\"context\":{\"targetingKey\":1}}",
+            "{\"context\":{\"targetingKey\":null}}",
+            "{\"context\":{\"targetingKey\":\"a\",\"targetingKey\":\"b\"}}",
+            "{\"context\":{\"targetingKey\":\"a\",\"targetingKey\":2}}",
+            "{\"context\":{\"targetingKey\":2,\"targetingKey\":\"a\"}}",
+            "{\"context\":{\"n\":-3,\"u\":18446744073709551615,\"f\":1.5e3,\"b\":false}}",
+            "{\"context\":{\"esc\\u0061ped\":\"v\\n\",\"nested\":{\"a\":[1,{\"b\":2}]},\"arr\":[\"x\"]}}",
+            "{\"context\":{\"country\":\"NL\",\"country\":\"DE\"}}",
+            "{\"other\":1,\"context\":{\"app_version\":\"1.2.3\"}}",
+            "{\"context\":{},\"context\":{}}",
+            "{\"context\":{\"a\":1}",
+            "{\"context\":{\"a\":tru}}",
+            "{\"context\":{\"a\":1}} trailing",
+            "{\"context\":{1:2}}",
+            "{\"context\":{\"a\":\"\\ud800\"}}",
+        ];
+        let names = [
+            "targetingKey",
+            "country",
+            "n",
+            "u",
+            "f",
+            "b",
+            "escaped",
+            "nested",
+            "arr",
+            "app_version",
+            "missing",
+        ];
+        for body in bodies {
+            let tree = super::super::parse_context(body.as_bytes());
+            let borrowed = parse(body.as_bytes());
+            match (&tree, &borrowed) {
+                (Ok(tree), Ok(borrowed)) => {
+                    assert_eq!(tree.targeting_key(), borrowed.targeting_key(), "{body}");
+                    for name in names {
+                        assert_eq!(
+                            Context::get(tree, name),
+                            borrowed.get(name),
+                            "{body}: {name}"
+                        );
+                    }
+                }
+                (Err((a, _)), Err((b, _))) => assert_eq!(a, b, "{body}"),
+                _ => panic!("{body}: the parsers disagree: {tree:?} vs {borrowed:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_names_and_values_borrow_from_the_body() {
+        let body = br#"{"context":{"targetingKey":"user-1","country":"N\u004c"}}"#;
+        let context = parse(body).unwrap();
+        assert!(matches!(
+            context.attributes[0].0,
+            Cow::Borrowed("targetingKey")
+        ));
+        assert!(matches!(
+            context.attributes[0].1,
+            Attribute::Str(Cow::Borrowed("user-1"))
+        ));
+        // An escape needs a copy, and reads the same.
+        assert!(matches!(
+            context.attributes[1].1,
+            Attribute::Str(Cow::Owned(_))
+        ));
+        assert_eq!(context.get("country"), Some(ContextValue::Str("NL")));
+    }
+}
