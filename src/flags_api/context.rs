@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::flags::{Context, ContextValue};
@@ -192,17 +192,24 @@ impl<'de: 'a, 'a> Deserialize<'de> for Attribute<'a> {
             fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
                 skip_seq(seq).map(|()| Attribute::Unmatchable)
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Attribute::Unmatchable)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                skip_map(map).map(|()| Attribute::Unmatchable)
             }
         }
         deserializer.deserialize_any(AttributeVisitor(PhantomData))
     }
 }
 
+// Skipped values are still read as values, not with `IgnoredAny`: that would let invalid
+// UTF-8, out-of-range numbers and nesting past serde_json's depth limit through, all of which
+// the tree parser refuses.
 fn skip_seq<'de, A: SeqAccess<'de>>(mut seq: A) -> Result<(), A::Error> {
-    while seq.next_element::<IgnoredAny>()?.is_some() {}
+    while seq.next_element::<Attribute<'_>>()?.is_some() {}
+    Ok(())
+}
+
+fn skip_map<'de, A: MapAccess<'de>>(mut map: A) -> Result<(), A::Error> {
+    while map.next_entry::<Name<'_>, Attribute<'_>>()?.is_some() {}
     Ok(())
 }
 
@@ -242,6 +249,9 @@ mod tests {
             "{\"context\":{\"a\":1}} trailing",
             "{\"context\":{1:2}}",
             "{\"context\":{\"a\":\"\\ud800\"}}",
+            "{\"context\":{\"a\":[1e400]}}",
+            "{\"context\":[1e400]}",
+            "{\"context\":{\"a\":{\"b\":1e400}}}",
         ];
         let names = [
             "targetingKey",
@@ -256,22 +266,39 @@ mod tests {
             "app_version",
             "missing",
         ];
-        for body in bodies {
-            let tree = super::super::parse_context(body.as_bytes());
-            let borrowed = parse(body.as_bytes());
+        let deep = |depth| {
+            format!(
+                "{{\"context\":{{\"a\":{}{}}}}}",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let mut bodies: Vec<Vec<u8>> = bodies.iter().map(|b| b.as_bytes().to_vec()).collect();
+        bodies.extend([
+            // Invalid UTF-8 in a value no rule could match is still invalid JSON.
+            b"{\"context\":[\"a\xff\"]}".to_vec(),
+            b"{\"context\":{\"a\":{\"b\":\"\xff\"}}}".to_vec(),
+            b"{\"context\":{\"\xff\":1}}".to_vec(),
+            deep(100).into_bytes(),
+            deep(200).into_bytes(),
+        ]);
+        for body in &bodies {
+            let shown = String::from_utf8_lossy(body);
+            let tree = super::super::parse_context(body);
+            let borrowed = parse(body);
             match (&tree, &borrowed) {
                 (Ok(tree), Ok(borrowed)) => {
-                    assert_eq!(tree.targeting_key(), borrowed.targeting_key(), "{body}");
+                    assert_eq!(tree.targeting_key(), borrowed.targeting_key(), "{shown}");
                     for name in names {
                         assert_eq!(
                             Context::get(tree, name),
                             borrowed.get(name),
-                            "{body}: {name}"
+                            "{shown}: {name}"
                         );
                     }
                 }
-                (Err((a, _)), Err((b, _))) => assert_eq!(a, b, "{body}"),
-                _ => panic!("{body}: the parsers disagree: {tree:?} vs {borrowed:?}"),
+                (Err((a, _)), Err((b, _))) => assert_eq!(a, b, "{shown}"),
+                _ => panic!("{shown}: the parsers disagree: {tree:?} vs {borrowed:?}"),
             }
         }
     }
