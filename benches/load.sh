@@ -22,6 +22,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 MODE=${MODE:-route}
 DURATION=${DURATION:-10}
@@ -55,28 +57,10 @@ die() { log "load.sh: $*"; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 
-# A process and all its descendants: nginx workers would outlive a SIGKILLed master.
-tree_pids() {
-    local p=$1 c f kids
-    echo "$p"
-    for f in /proc/"$p"/task/*/children; do
-        [[ -r $f ]] || continue
-        read -ra kids <"$f" || true # one line of pids, without a newline
-        for c in "${kids[@]}"; do tree_pids "$c"; done
-    done
-}
-
 cleanup() {
-    local rc=$? p i all=()
+    local rc=$?
     if [[ -n $WRK_PID ]]; then kill "$WRK_PID" 2>/dev/null || true; fi
-    for p in "${PIDS[@]}"; do mapfile -t -O "${#all[@]}" all < <(tree_pids "$p"); done
-    # Every process of the tree gets the TERM: the pid we hold may be the subshell that runs
-    # `on_server_cpu`, and a server must exit by itself (PGO profiles are written at exit).
-    for p in "${all[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${all[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
+    stop_trees "${PIDS[@]}"
     wait 2>/dev/null || true
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $rc -ne 0 || ${KEEP_TMP:-0} == 1 ]]; then log "logs and configs kept in $WORK"

@@ -25,6 +25,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
 CONNS=${CONNS:-5000}
 CHURN=${CHURN:-20000}
@@ -59,31 +61,10 @@ die() { log "memory.sh: $*"; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
 
-tree_pids() {
-    local p=$1 c f kids
-    echo "$p"
-    for f in /proc/"$p"/task/*/children; do
-        [[ -r $f ]] || continue
-        read -ra kids <"$f" || true
-        for c in "${kids[@]}"; do tree_pids "$c"; done
-    done
-}
-
-stop_pid() { # pid: TERM the tree, KILL what is left after 5 s
-    local p i all
-    mapfile -t all < <(tree_pids "$1")
-    kill "$1" 2>/dev/null || true
-    for p in "${all[@]}"; do
-        for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$p" 2>/dev/null || true
-    done
-    wait "$1" 2>/dev/null || true
-}
-
 cleanup() {
-    local rc=$? p
+    local rc=$?
     if [[ -n $CLIENT_PID ]]; then kill "$CLIENT_PID" 2>/dev/null || true; fi
-    for p in "${PIDS[@]}"; do stop_pid "$p"; done
+    stop_trees "${PIDS[@]}"
     if [[ -n $WORK && -d $WORK ]]; then
         if [[ $rc -ne 0 || ${KEEP_TMP:-0} == 1 ]]; then log "logs and configs kept in $WORK"
         else rm -rf "$WORK"; fi
@@ -147,7 +128,7 @@ spawn() { # name logfile cmd...
 
 unspawn() { # name: stop it and forget it
     local pid=${PID[$1]} p keep=()
-    stop_pid "$pid"
+    stop_trees "$pid"
     for p in "${PIDS[@]}"; do [[ $p == "$pid" ]] || keep+=("$p"); done
     PIDS=("${keep[@]}")
     unset "PID[$1]"
