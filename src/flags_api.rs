@@ -11,7 +11,7 @@
 //!
 //! Handlers stay thin: parse the context, load the snapshot once, call [`evaluate`].
 
-mod context;
+pub(crate) mod context;
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -126,10 +126,9 @@ impl FlagsApi {
                 )
             }
         };
-        // One flag reads the context in place; the bulk answer needs the whole tree for its ETag.
         let parsed = match &key {
-            Some(key) => parse_context_in_place(&body).map(|context| self.single(key, &context)),
-            None => parse_context(&body).map(|context| self.bulk(&context, if_none_match)),
+            Some(key) => context::parse(&body).map(|context| self.single(key, &context)),
+            None => context::parse_tree(&body).map(|context| self.bulk(&context, if_none_match)),
         };
         parsed.unwrap_or_else(|(code, details)| {
             failure(StatusCode::BAD_REQUEST, key.as_deref(), code, &details)
@@ -287,48 +286,6 @@ fn evaluation<'a>(
 /// Flag keys may hold any printable character, so the path segment is percent-decoded.
 fn decode_key(segment: &str) -> Cow<'_, str> {
     percent_encoding::percent_decode_str(segment).decode_utf8_lossy()
-}
-
-/// The OFREP request body for one flag, read in place (see [`context`]).
-pub(crate) fn parse_context_in_place(
-    body: &[u8],
-) -> Result<context::BorrowedContext<'_>, (&'static str, String)> {
-    context::parse(body)
-}
-
-/// The OFREP request body: empty, `{}`, or `{"context": {...}}`.
-pub(crate) fn parse_context(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    /// Other members are ignored, as the spec allows.
-    #[derive(serde::Deserialize)]
-    struct EvaluationRequest {
-        context: Option<Value>,
-    }
-    // Derived structs also accept a JSON array; the spec wants an object.
-    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        return Err((
-            "PARSE_ERROR",
-            "request body must be a JSON object".to_owned(),
-        ));
-    }
-    let request: EvaluationRequest = serde_json::from_slice(body)
-        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
-    match request.context {
-        None | Some(Value::Null) => Ok(Map::new()),
-        Some(Value::Object(context)) => match context.get("targetingKey") {
-            None | Some(Value::String(_)) => Ok(context),
-            Some(_) => Err((
-                "INVALID_CONTEXT",
-                "targetingKey must be a string".to_owned(),
-            )),
-        },
-        Some(_) => Err((
-            "INVALID_CONTEXT",
-            "context must be a JSON object".to_owned(),
-        )),
-    }
 }
 
 /// Changes with the config generation, runtime flag kills and the context, so a different

@@ -91,19 +91,10 @@ pub fn compile_config(text: &str) -> bool {
     crate::config::compile_text(Path::new("/nonexistent/cutover-fuzz/cutover.yaml"), text).is_ok()
 }
 
-/// Both OFREP request body parsers (the JSON tree for bulk evaluations, the borrowing one for a
-/// single flag); true when the body holds a usable context. Panics when they disagree on that,
-/// on the error code or on the targeting key.
+/// Both OFREP request body readers (the JSON tree for bulk evaluations, in place for a single
+/// flag); true when the body holds a usable context. Panics when they disagree.
 pub fn ofrep_context(body: &[u8]) -> bool {
-    use crate::flags::Context as _;
-    let tree = crate::flags_api::parse_context(body);
-    let borrowed = crate::flags_api::parse_context_in_place(body);
-    match (&tree, &borrowed) {
-        (Ok(tree), Ok(borrowed)) => assert_eq!(tree.targeting_key(), borrowed.targeting_key()),
-        (Err((a, _)), Err((b, _))) => assert_eq!(a, b),
-        _ => panic!("the OFREP body parsers disagree on {body:?}"),
-    }
-    tree.is_ok()
+    crate::flags_api::context::assert_readers_agree(body)
 }
 
 #[cfg(test)]

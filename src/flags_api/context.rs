@@ -1,8 +1,9 @@
-//! The OFREP request body read for one evaluation without building a JSON tree: attribute
-//! names and string values borrow from the body (copied only when they hold escapes), and
-//! nested values are skipped, since no rule can match them. It accepts and refuses exactly
-//! what [`super::parse_context`] does (a test compares the two), and a repeated attribute's
-//! last value wins, as in a JSON map.
+//! The OFREP request body's context, read two ways that accept and refuse the same bodies
+//! (a test and the `ofrep` fuzz target compare them): [`parse_tree`], a JSON tree, for the bulk
+//! answer's ETag; [`parse`], for one flag, without a tree: attribute names and string values
+//! borrow from the body (copied only when they hold escapes), nested values are read but not
+//! kept, since no rule can match them, and a repeated attribute's last value wins, as in a
+//! JSON map.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -10,6 +11,7 @@ use std::marker::PhantomData;
 
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::flags::{Context, ContextValue};
 
@@ -56,39 +58,93 @@ impl Context for BorrowedContext<'_> {
     }
 }
 
-/// The OFREP body: empty, `{}`, or `{"context": {...}}`; errors as [`super::parse_context`].
-pub fn parse(body: &[u8]) -> Result<BorrowedContext<'_>, (&'static str, String)> {
+/// An OFREP body that cannot be evaluated: the OFREP error code and the details.
+type BodyError = (&'static str, String);
+
+/// The body as a JSON tree: the bulk answer needs the whole context for its ETag.
+pub fn parse_tree(body: &[u8]) -> Result<Map<String, Value>, BodyError> {
+    match context_member::<Value>(body)? {
+        None => Ok(Map::new()),
+        Some(Value::Object(context)) => match context.get("targetingKey") {
+            None | Some(Value::String(_)) => Ok(context),
+            Some(_) => Err(targeting_key_not_a_string()),
+        },
+        Some(_) => Err(context_not_an_object()),
+    }
+}
+
+/// The `context` member of an OFREP body as `T`, `None` when the body is empty or has none
+/// (or it is `null`). Both context readers start here, so they refuse the same bodies.
+fn context_member<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<Option<T>, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(BorrowedContext::default());
+        return Ok(None);
     }
     /// Other members are ignored, as the spec allows.
-    #[derive(Deserialize)]
-    struct EvaluationRequest<'a> {
-        #[serde(borrow)]
-        context: Option<ContextField<'a>>,
+    #[derive(serde::Deserialize)]
+    struct EvaluationRequest<T> {
+        context: Option<T>,
     }
+    // Derived structs also accept a JSON array; the spec wants an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err((
             "PARSE_ERROR",
             "request body must be a JSON object".to_owned(),
         ));
     }
-    let request: EvaluationRequest<'_> = serde_json::from_slice(body)
-        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))?;
-    match request.context {
+    serde_json::from_slice::<EvaluationRequest<T>>(body)
+        .map(|request| request.context)
+        .map_err(|err| ("PARSE_ERROR", format!("request body is not JSON: {err}")))
+}
+
+fn context_not_an_object() -> BodyError {
+    (
+        "INVALID_CONTEXT",
+        "context must be a JSON object".to_owned(),
+    )
+}
+
+fn targeting_key_not_a_string() -> BodyError {
+    (
+        "INVALID_CONTEXT",
+        "targetingKey must be a string".to_owned(),
+    )
+}
+
+/// The body read in place, for one flag; it refuses what [`parse_tree`] refuses.
+pub fn parse(body: &[u8]) -> Result<BorrowedContext<'_>, BodyError> {
+    match context_member::<ContextField<'_>>(body)? {
         None => Ok(BorrowedContext::default()),
         Some(ContextField::Object(context)) => match context.last("targetingKey") {
             None | Some(Attribute::Str(_)) => Ok(context),
-            Some(_) => Err((
-                "INVALID_CONTEXT",
-                "targetingKey must be a string".to_owned(),
-            )),
+            Some(_) => Err(targeting_key_not_a_string()),
         },
-        Some(ContextField::NotObject) => Err((
-            "INVALID_CONTEXT",
-            "context must be a JSON object".to_owned(),
-        )),
+        Some(ContextField::NotObject) => Err(context_not_an_object()),
     }
+}
+
+/// Reads `body` with both context readers and panics where they differ: one accepts and the
+/// other refuses, the error codes, the targeting key, or any attribute either one holds.
+/// Returns whether the body holds a usable context. For the tests and the `ofrep` fuzz target.
+pub fn assert_readers_agree(body: &[u8]) -> bool {
+    let shown = String::from_utf8_lossy(body);
+    let tree = parse_tree(body);
+    let in_place = parse(body);
+    match (&tree, &in_place) {
+        (Ok(tree), Ok(in_place)) => {
+            assert_eq!(tree.targeting_key(), in_place.targeting_key(), "{shown}");
+            let names = tree.keys().map(String::as_str);
+            for name in names.chain(in_place.attributes.iter().map(|(name, _)| &**name)) {
+                assert_eq!(
+                    Context::get(tree, name),
+                    in_place.get(name),
+                    "{shown}: {name}"
+                );
+            }
+        }
+        (Err((a, _)), Err((b, _))) => assert_eq!(a, b, "{shown}"),
+        _ => panic!("{shown}: the readers disagree: {tree:?} vs {in_place:?}"),
+    }
+    tree.is_ok()
 }
 
 /// `context` itself: an object, or anything else (`null` is `None` around it).
@@ -253,19 +309,6 @@ mod tests {
             "{\"context\":[1e400]}",
             "{\"context\":{\"a\":{\"b\":1e400}}}",
         ];
-        let names = [
-            "targetingKey",
-            "country",
-            "n",
-            "u",
-            "f",
-            "b",
-            "escaped",
-            "nested",
-            "arr",
-            "app_version",
-            "missing",
-        ];
         let deep = |depth| {
             format!(
                 "{{\"context\":{{\"a\":{}{}}}}}",
@@ -283,23 +326,7 @@ mod tests {
             deep(200).into_bytes(),
         ]);
         for body in &bodies {
-            let shown = String::from_utf8_lossy(body);
-            let tree = super::super::parse_context(body);
-            let borrowed = parse(body);
-            match (&tree, &borrowed) {
-                (Ok(tree), Ok(borrowed)) => {
-                    assert_eq!(tree.targeting_key(), borrowed.targeting_key(), "{shown}");
-                    for name in names {
-                        assert_eq!(
-                            Context::get(tree, name),
-                            borrowed.get(name),
-                            "{shown}: {name}"
-                        );
-                    }
-                }
-                (Err((a, _)), Err((b, _))) => assert_eq!(a, b, "{shown}"),
-                _ => panic!("{shown}: the parsers disagree: {tree:?} vs {borrowed:?}"),
-            }
+            assert_readers_agree(body);
         }
     }
 
