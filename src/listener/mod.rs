@@ -182,17 +182,15 @@ where
                     // Holding the watcher makes the drain wait for this connection.
                     let _drained_with = watcher;
                     let mut shutdown = shutdown;
-                    let result = if *shutdown.borrow_and_update() {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    } else {
-                        tokio::select! {
-                            result = conn.as_mut() => result,
-                            _ = shutdown.changed() => {
-                                conn.as_mut().graceful_shutdown();
-                                conn.await
-                            }
+                    let result = tokio::select! {
+                        // First, so a connection accepted during shutdown is closed unserved.
+                        biased;
+                        // (The value's read guard is not `Send`: dropped at once.)
+                        _ = async { drop(shutdown.wait_for(|&stopping| stopping).await) } => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
                         }
+                        result = conn.as_mut() => result,
                     };
                     if let Err(err) = result {
                         tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");
