@@ -118,8 +118,7 @@ EOF
 main() {
     local profdata gen_bin merged
     profdata=$(find_profdata)
-    "$profdata" merge --version >/dev/null 2>&1 || "$profdata" --version >/dev/null ||
-        die "$profdata does not run"
+    "$profdata" --version >/dev/null || die "$profdata does not run"
     rm -rf "$PROFILES"
     mkdir -p "$PROFILES"
 
