@@ -18,7 +18,8 @@
 #
 # Knobs: TARGETS (cutover cutover-b haproxy), CUTOVER_BIN, CUTOVER_BIN_B, CUTOVER_ENV and
 # CUTOVER_B_ENV (space-separated VAR=value for that process, e.g. allocator settings),
-# CONNS (default 5000), CHURN (20000), BATCH (2000), WARMUP (1000 requests),
+# CONNS (default 5000), CHURN (20000), BATCH (2000), WARMUP (1000 requests, over as many
+# connections at once as the idle phase opens),
 # SETTLE_SECONDS (60), HEADER_TIMEOUT (10 s), THREADS (cutover --threads, 2), MODES
 # (keepalive partial), BODY_BYTES (0: a 3-byte answer), KEEP_TMP=1.
 # Tables go to stdout, progress to stderr: `bash benches/memory.sh > result.txt`.

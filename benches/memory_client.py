@@ -159,9 +159,13 @@ async def limited(sem, coro):
 # ------------------------------------------------------------------ phases
 
 
-async def warm_up(port, requests):
-    """`requests` requests over up to 50 keep-alive connections, then closed."""
-    conns = min(50, requests)
+async def warm_up(port, requests, conns):
+    """`requests` requests over up to `conns` keep-alive connections at once, then closed.
+
+    As many at once as the idle phase opens, so a proxy's pool of upstream connections (bounded,
+    whatever the number of clients) is already at its size in the baseline and is not counted
+    as a cost of each idle client connection."""
+    conns = min(conns, requests)
     errors = Errors()
 
     async def worker(n):
@@ -215,7 +219,7 @@ async def settle(pid, seconds, label):
 
 async def keepalive_mode(args):
     pid = args.pid
-    await warm_up(args.port, args.warmup)
+    await warm_up(args.port, args.warmup, args.connect_concurrency)
     await asyncio.sleep(2)
     baseline = sample(pid, "baseline", f"baseline after {args.warmup} requests")
 
@@ -252,7 +256,7 @@ async def keepalive_mode(args):
 
 async def partial_mode(args):
     pid = args.pid
-    await warm_up(args.port, args.warmup)
+    await warm_up(args.port, args.warmup, args.connect_concurrency)
     await asyncio.sleep(2)
     baseline = sample(pid, "baseline", f"baseline after {args.warmup} requests")
     result("hwm_reset", int(reset_hwm(pid)))

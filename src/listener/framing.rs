@@ -8,13 +8,18 @@
 //! sequence number of every ambiguous head; the handler compares it with its own count.
 //! It never changes a byte, and gives up (tracks nothing more) on anything it cannot follow,
 //! such as an upgrade, leaving hyper's own checks in charge.
+//!
+//! Knowing where requests begin also tells the connection task when a keep-alive connection
+//! waits for its next request with nothing half-read, so it can take the socket back from
+//! hyper and hold it without hyper's buffers (see [`super::h1`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::timeouts::HeadTimer;
@@ -29,6 +34,14 @@ pub struct FramingWatch {
     ambiguous_head: AtomicU32,
     /// Requests the handler has taken from this connection.
     requests: AtomicU32,
+    /// The last read is waiting for a new request head, with every byte so far part of a
+    /// complete request.
+    waiting_for_head: AtomicBool,
+    /// The last write could not complete (hyper still holds bytes to send).
+    write_blocked: AtomicBool,
+    /// Set while the connection task takes the socket back from hyper: the shutdown hyper asks
+    /// for on its way out must not reach the socket.
+    parking: AtomicBool,
 }
 
 impl FramingWatch {
@@ -36,6 +49,16 @@ impl FramingWatch {
     pub fn next_request_is_ambiguous(&self) -> bool {
         let number = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
         self.ambiguous_head.load(Ordering::Acquire) == number
+    }
+
+    /// True when the connection's reader waits for a new request and its writer has nothing
+    /// stuck: hyper is between requests, holding only empty buffers.
+    pub fn between_requests(&self) -> bool {
+        self.waiting_for_head.load(Ordering::Relaxed) && !self.write_blocked.load(Ordering::Relaxed)
+    }
+
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
     }
 }
 
@@ -73,6 +96,8 @@ pub struct Sniffed<S> {
     watch: Arc<FramingWatch>,
     /// Told after each read whether a head is on its way; ends a late one.
     head_timer: Option<HeadTimer>,
+    /// Bytes already read (and observed) once, handed out again before the socket's.
+    replay: Bytes,
 }
 
 impl<S> Sniffed<S> {
@@ -84,7 +109,37 @@ impl<S> Sniffed<S> {
             heads: 0,
             watch,
             head_timer: None,
+            replay: Bytes::new(),
         }
+    }
+
+    pub fn watch(&self) -> &Arc<FramingWatch> {
+        &self.watch
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Reads return `bytes` first: bytes hyper had read but not used when it let go of the
+    /// connection. They were observed when first read, so they are not observed again.
+    pub fn replay(&mut self, bytes: Bytes) {
+        self.replay = bytes;
+    }
+
+    /// Frees what a long head left behind, for a connection about to sit idle.
+    pub fn release_buffers(&mut self) {
+        if self.partial_head.is_empty() {
+            self.partial_head = Vec::new();
+        }
+    }
+
+    /// Every byte read so far belongs to a complete request, and at least one came.
+    fn at_request_boundary(&self) -> bool {
+        matches!(self.state, State::Head)
+            && self.heads > 0
+            && self.partial_head.is_empty()
+            && self.replay.is_empty()
     }
 
     /// Holds every request head on this connection to `timer` (see [`HeadTimer`]).
@@ -324,8 +379,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Sniffed<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.replay.is_empty() {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..n]);
+            this.replay.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let waiting_for_head = polled.is_pending() && this.at_request_boundary();
+        this.watch
+            .waiting_for_head
+            .store(waiting_for_head, Ordering::Relaxed);
         match polled {
             Poll::Ready(Ok(())) => {
                 if !matches!(this.state, State::Off) {
@@ -354,7 +419,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
     }
 
     fn poll_write_vectored(
@@ -362,7 +432,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -374,7 +449,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        if this.watch.parking.load(Ordering::Relaxed) {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 

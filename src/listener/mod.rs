@@ -9,6 +9,7 @@
 //! response, HTTP/2 with GOAWAY) and the caller's drain waits for them.
 
 pub mod framing;
+mod h1;
 mod timeouts;
 
 use std::convert::Infallible;
@@ -21,7 +22,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
@@ -29,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use framing::{FramingWatch, Sniffed};
-use timeouts::{Counted, HeadTimer, StreamActivity};
+use timeouts::HeadTimer;
 
 /// Largest request head accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -96,7 +96,7 @@ pub async fn serve<M, H, F, B>(
 ) -> GracefulShutdown
 where
     M: Fn(Connection) -> H + Clone + Send + Sync + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + Unpin + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -122,6 +122,7 @@ where
         .max_header_list_size(MAX_HEAD_BYTES as u32);
     let (h1, h2) = (Arc::new(h1), Arc::new(h2));
     let graceful = GracefulShutdown::new();
+    let stop = h1::Stop::following(shutdown.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(crate::telemetry::OPEN_CONNECTIONS, "listener" => what);
     let mut full_since_logged: Option<std::time::Instant> = None;
@@ -165,9 +166,9 @@ where
         let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         let shutdown = shutdown.clone();
+        let stop = stop.clone();
         let slot = Slot::taken(slot, open.clone());
         tokio::spawn(async move {
-            let _slot = slot;
             let peer = Peer::new(addr);
             match first_bytes(&stream, limits.header_timeout).await {
                 FirstBytes::None => {}
@@ -175,26 +176,19 @@ where
                     let framing = Arc::new(FramingWatch::default());
                     let head_timer = HeadTimer::new(limits.header_timeout, accepted);
                     let sniffed = Sniffed::new(stream, framing.clone()).with_head_timer(head_timer);
-                    let io = TokioIo::new(sniffed);
-                    let service = service_fn(per_connection(Connection { peer, framing }));
-                    let conn = h1.serve_connection(io, service).with_upgrades();
-                    let mut conn = std::pin::pin!(conn);
-                    // Holding the watcher makes the drain wait for this connection.
-                    let _drained_with = watcher;
-                    let mut shutdown = shutdown;
-                    let result = tokio::select! {
-                        // First, so a connection accepted during shutdown is closed unserved.
-                        biased;
-                        // (The value's read guard is not `Send`: dropped at once.)
-                        _ = async { drop(shutdown.wait_for(|&stopping| stopping).await) } => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                        result = conn.as_mut() => result,
-                    };
-                    if let Err(err) = result {
-                        tracing::debug!(peer = %addr, error = %err, "{what} connection closed with an error");
-                    }
+                    let handler = per_connection(Connection { peer, framing });
+                    // A task of its own, so what a waiting connection costs is `h1::serve`'s
+                    // state alone, not this task's too. Holding the watcher makes the drain
+                    // wait for the connection.
+                    tokio::spawn(h1::serve(
+                        h1,
+                        TokioIo::new(sniffed),
+                        h1::CountedService::new(handler),
+                        limits.idle_timeout,
+                        stop,
+                        what,
+                        (slot, watcher),
+                    ));
                 }
                 FirstBytes::Http2 => {
                     let handler = per_connection(Connection {
@@ -224,21 +218,13 @@ async fn serve_h2<H, F, B>(
     _drained_with: Watcher,
     what: &'static str,
 ) where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + Unpin + 'static,
     F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let activity = StreamActivity::new();
-    let streams = activity.clone();
-    let service = service_fn(move |req| {
-        let stream = streams.open();
-        let response = handler(req);
-        async move {
-            let response = response.await?;
-            Ok::<_, Infallible>(response.map(|body| Counted::new(body, stream)))
-        }
-    });
+    let service = h1::CountedService::new(handler);
+    let activity = service.activity().clone();
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);
     let mut closing = *shutdown.borrow();

@@ -84,6 +84,11 @@ impl StreamActivity {
         OpenStream(self.clone())
     }
 
+    /// True while a request is being answered (its response body not yet done).
+    pub fn any_open(&self) -> bool {
+        self.open.load(Ordering::Acquire) > 0
+    }
+
     /// When the connection will have been idle for `timeout`, if nothing opens meanwhile;
     /// `None` while a stream is open.
     pub fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
@@ -111,12 +116,12 @@ pin_project_lite::pin_project! {
     pub struct Counted<B> {
         #[pin]
         body: B,
-        stream: OpenStream,
+        stream: Option<OpenStream>,
     }
 }
 
 impl<B> Counted<B> {
-    pub fn new(body: B, stream: OpenStream) -> Counted<B> {
+    pub fn new(body: B, stream: Option<OpenStream>) -> Counted<B> {
         Counted { body, stream }
     }
 }

@@ -1,0 +1,253 @@
+//! An HTTP/1 connection that holds no buffers while it waits for its next request.
+//!
+//! Hyper gives each connection a read and a write buffer (8 KiB each) for its whole life, and
+//! they are most of what an idle keep-alive connection costs. So hyper serves a connection only
+//! while there is something to serve: once every response is done and the reader waits for a
+//! new head with nothing half-read ([`FramingWatch::between_requests`]), the task asks hyper to
+//! close, keeps the socket (the shutdown hyper then asks for is not passed on), and waits for
+//! the next bytes holding the socket alone. They get a new hyper connection with the same
+//! service. A client sees one connection, as before; only the memory of waiting changes.
+//!
+//! Hyper closes at once only when it is idle itself; if it does not, it was in the middle of
+//! something this side could not see, and the connection is left to finish and close.
+
+use std::convert::Infallible;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use super::framing::Sniffed;
+use super::timeouts::{Counted, OpenStream, StreamActivity};
+
+/// Serves one HTTP/1 connection until it closes, the client goes quiet for `idle_timeout`, or
+/// `stop` fires (after the response in progress). `held` lives as long as the connection.
+///
+/// An async block rather than an `async fn`, whose arguments would each take room twice in the
+/// task (as arguments, then as locals) for the whole life of the connection.
+#[allow(clippy::manual_async_fn)]
+pub(super) fn serve<H, F, B>(
+    builder: Arc<http1::Builder>,
+    mut io: TokioIo<Sniffed<TcpStream>>,
+    mut service: CountedService<H>,
+    idle_timeout: Duration,
+    stop: Arc<Stop>,
+    what: &'static str,
+    held: impl Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + Unpin + 'static,
+    F: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async move {
+        // Owned by the task until the connection ends.
+        let _ = &held;
+        let watch = io.inner().watch().clone();
+        let activity = service.activity().clone();
+        let mut stopping = pin!(stop.notify.notified());
+        let mut listening = false;
+        let mut idle_deadline = pin!(tokio::time::sleep_until(Instant::now()));
+        loop {
+            // In a block of its own, so hyper's connection (boxed: a waiting connection's task
+            // is not sized for it) is freed before the wait for the next request.
+            let parts = {
+                let mut conn = Box::new(builder.serve_connection(io, service).with_upgrades());
+                let mut closing = false;
+                let ended = poll_fn(|cx| {
+                    // First, so a connection accepted during shutdown is closed unserved.
+                    if !closing && stop.is_set(cx, stopping.as_mut(), &mut listening) {
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    if let Poll::Ready(result) = Pin::new(&mut *conn).poll(cx) {
+                        return Poll::Ready(Ended::Closed(result));
+                    }
+                    if closing || !watch.between_requests() || activity.any_open() {
+                        return Poll::Pending;
+                    }
+                    watch.set_parking(true);
+                    Pin::new(&mut *conn).graceful_shutdown();
+                    match Pin::new(&mut *conn).poll(cx) {
+                        Poll::Ready(Ok(())) => Poll::Ready(Ended::Parked),
+                        Poll::Ready(Err(err)) => Poll::Ready(Ended::Closed(Err(err))),
+                        Poll::Pending => {
+                            // Not idle after all: hyper finishes what it is doing, then closes.
+                            watch.set_parking(false);
+                            closing = true;
+                            Poll::Pending
+                        }
+                    }
+                })
+                .await;
+                if let Ended::Closed(result) = ended {
+                    if let Err(err) = result {
+                        tracing::debug!(error = %err, "{what} connection closed with an error");
+                    }
+                    return;
+                }
+                watch.set_parking(false);
+                conn.into_parts()
+            };
+            // `None` only after an upgrade, which never parks.
+            let Some(http1::Parts {
+                io: returned,
+                read_buf,
+                service: returned_service,
+                ..
+            }) = parts
+            else {
+                return;
+            };
+            (io, service) = (returned, returned_service);
+            io.inner_mut().release_buffers();
+            if !read_buf.is_empty() {
+                io.inner_mut().replay(read_buf);
+                continue;
+            }
+            // An empty `Bytes` from hyper can still hold its whole read buffer.
+            drop(read_buf);
+            idle_deadline.as_mut().reset(Instant::now() + idle_timeout);
+            let readable = poll_fn(|cx| {
+                if stop.is_set(cx, stopping.as_mut(), &mut listening)
+                    || idle_deadline.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(false);
+                }
+                io.inner()
+                    .get_ref()
+                    .poll_read_ready(cx)
+                    .map(|ready| ready.is_ok())
+            })
+            .await;
+            if !readable {
+                return;
+            }
+        }
+    }
+}
+
+/// A listener's shutdown as its HTTP/1 connections see it: a flag read on every wake, and a
+/// notification each connection registers for once (its task is woken when the flag is set).
+/// Cheaper than polling a `watch` receiver on every wake, which takes the channel's lock.
+#[derive(Default)]
+pub(super) struct Stop {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Stop {
+    /// A `Stop` that is set once `shutdown` flips (or its sender is gone).
+    pub(super) fn following(mut shutdown: watch::Receiver<bool>) -> Arc<Stop> {
+        let stop = Arc::new(Stop::default());
+        let setter = stop.clone();
+        tokio::spawn(async move {
+            // (The value's read guard is not `Send`: dropped at once.)
+            drop(shutdown.wait_for(|&stopping| stopping).await);
+            setter.set.store(true, Ordering::Release);
+            setter.notify.notify_waiters();
+        });
+        stop
+    }
+
+    /// Whether shutdown has begun. The first call registers the task for the wake-up.
+    fn is_set(
+        &self,
+        cx: &mut Context<'_>,
+        notified: Pin<&mut Notified<'_>>,
+        listening: &mut bool,
+    ) -> bool {
+        if !*listening {
+            *listening = true;
+            if notified.poll(cx).is_ready() {
+                return true;
+            }
+        }
+        self.set.load(Ordering::Acquire)
+    }
+}
+
+enum Ended {
+    /// Hyper let go of an idle connection; the socket is still open.
+    Parked,
+    Closed(hyper::Result<()>),
+}
+
+/// The connection's request handler, with each response counted as open until its body is
+/// done (or dropped), so the task knows when nothing is in progress.
+pub(super) struct CountedService<H> {
+    handler: H,
+    activity: Arc<StreamActivity>,
+}
+
+impl<H> CountedService<H> {
+    pub(super) fn new(handler: H) -> CountedService<H> {
+        CountedService {
+            handler,
+            activity: StreamActivity::new(),
+        }
+    }
+
+    pub(super) fn activity(&self) -> &Arc<StreamActivity> {
+        &self.activity
+    }
+}
+
+impl<H, F, B> hyper::service::Service<Request<Incoming>> for CountedService<H>
+where
+    H: Fn(Request<Incoming>) -> F,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Response = Response<Counted<B>>;
+    type Error = Infallible;
+    type Future = CountedResponse<F>;
+
+    fn call(&self, request: Request<Incoming>) -> CountedResponse<F> {
+        let stream = self.activity.open();
+        CountedResponse {
+            response: (self.handler)(request),
+            stream: Some(stream),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's response future, its body wrapped in [`Counted`] when it is ready.
+    pub(super) struct CountedResponse<F> {
+        #[pin]
+        response: F,
+        stream: Option<OpenStream>,
+    }
+}
+
+impl<F, B> Future for CountedResponse<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<Counted<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Once it has completed, the guard is gone and it stays pending (never polls `response`
+        // again, which may panic).
+        if this.stream.is_none() {
+            return Poll::Pending;
+        }
+        let Ok(response) = std::task::ready!(this.response.poll(cx));
+        let stream = this.stream.take();
+        Poll::Ready(Ok(response.map(|body| Counted::new(body, stream))))
+    }
+}
