@@ -2,7 +2,8 @@
 # Memory per idle client connection, and whether RSS is given back after connection churn.
 #
 # Per target, two runs on a fresh process each (driven by benches/memory_client.py):
-#   keep-alive: baseline RSS after a warm-up; N idle keep-alive connections (one GET each);
+#   keep-alive: baseline RSS after a warm-up; N idle keep-alive connections (one GET each), 2 s
+#               and 12 s after they opened (the allocator gives back the burst's buffers);
 #               close them; a churn of CHURN connections (BATCH at once: connect, GET, close);
 #               RSS again SETTLE_SECONDS later.
 #   partial:    N connections sending only `GET / HTTP/1.1\r\nHost: a`, closed by the proxy
@@ -284,6 +285,8 @@ print_table() { # target
         row "keep-alive: baseline" baseline
         row "keep-alive: $(get "$t" $mode idle_still_open) idle connections" idle \
             "$(get "$t" $mode idle_kib_per_conn) KiB per connection, $(get "$t" $mode idle_errors) errors"
+        row "keep-alive: the same, 12 s later" idle_settled \
+            "$(get "$t" $mode idle_settled_kib_per_conn) KiB per connection"
         row "keep-alive: idle ones closed" closed
         line "churn: peak (VmHWM)" "$(mb "$(get "$t" $mode churn_hwm)")" "" \
             "$(get "$t" $mode churn_errors) errors, $(get "$t" $mode churn_seconds) s"

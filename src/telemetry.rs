@@ -30,6 +30,7 @@ pub const CONFIG_GENERATION: &str = "cutover_config_generation";
 pub const FLAG_EVALUATIONS_TOTAL: &str = "cutover_flag_evaluations_total";
 pub const STATE_PERSIST_FAILURES_TOTAL: &str = "cutover_state_persist_failures_total";
 pub const OPEN_CONNECTIONS: &str = "cutover_open_connections";
+pub const IDLE_CONNECTIONS: &str = "cutover_idle_connections";
 
 /// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
 /// (a second server in one test process) get the same recorder.
@@ -83,6 +84,11 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     describe_gauge!(
         OPEN_CONNECTIONS,
         "Client connections open, by listener (at most max_connections each)."
+    );
+    describe_gauge!(
+        IDLE_CONNECTIONS,
+        "Of the open HTTP/1 connections, those waiting for their next request (after 50 ms, \
+         holding no buffers), by listener."
     );
     describe_counter!(
         FLAG_EVALUATIONS_TOTAL,

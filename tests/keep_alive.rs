@@ -10,8 +10,9 @@ use std::time::Duration;
 use common::raw::{self, RawBackend, RawConn};
 use common::{split_config, Backend, Cutover};
 
-/// Long enough for the connection to go idle between requests.
-const GAP: Duration = Duration::from_millis(100);
+/// Long enough for cutover to let go of hyper's connection between requests (it does after
+/// 50 ms without one).
+const GAP: Duration = Duration::from_millis(200);
 
 /// The length of the first complete response in `bytes` (head and its sized or chunked body),
 /// if it is all there. `head_only`: the answer to a HEAD request.
@@ -64,6 +65,24 @@ async fn responses(conn: &mut RawConn, count: usize, head_only: bool) -> Vec<Str
     out
 }
 
+/// Proxy connections waiting without hyper's buffers, from `/metrics`.
+async fn idle_connections(cutover: &Cutover) -> f64 {
+    cutover
+        .metric(r#"cutover_idle_connections{listener="proxy"}"#)
+        .await
+        .unwrap_or(-1.0)
+}
+
+/// Waits out the gap after which a waiting connection lets go of hyper, then checks it did.
+async fn gap(cutover: &Cutover, waiting: f64, at: u32) {
+    tokio::time::sleep(GAP).await;
+    assert_eq!(
+        idle_connections(cutover).await,
+        waiting,
+        "idle connections after the gap at line {at}"
+    );
+}
+
 fn assert_kept_alive(response: &str, expect_status: &str, expect_body: &str) {
     let lower = response.to_ascii_lowercase();
     assert!(
@@ -85,7 +104,7 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
         .await
         .unwrap();
     assert_kept_alive(&responses(&mut conn, 1, false).await[0], "200", "legacy\n");
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
 
     // A sized body, then a chunked one with a trailer.
     conn.send(format!("POST /upload HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello").as_bytes())
@@ -96,7 +115,7 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
         "200",
         "len=5 sum=532",
     );
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
     conn.send(
         format!(
             "POST /upload HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n\
@@ -111,7 +130,7 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
         "200",
         "len=5 sum=532",
     );
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
 
     // HEAD: a length, and no body to wait for.
     conn.send(format!("HEAD / HTTP/1.1\r\n{host}\r\n").as_bytes())
@@ -119,7 +138,7 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
         .unwrap();
     let head = &responses(&mut conn, 1, true).await[0];
     assert_kept_alive(head, "200", "\r\n\r\n");
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
 
     // Pipelined: two requests in one write, the first slower to answer.
     conn.send(
@@ -131,17 +150,18 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
     let pair = responses(&mut conn, 2, false).await;
     assert_kept_alive(&pair[0], "200", "legacy\n");
     assert_kept_alive(&pair[1], "404", "legacy\n");
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
 
     // A request and half of the next head in one write; the rest after a gap.
     conn.send(format!("GET /a HTTP/1.1\r\n{host}\r\nGET /b HTTP/1.1\r\nHo").as_bytes())
         .await
         .unwrap();
     assert_kept_alive(&responses(&mut conn, 1, false).await[0], "200", "legacy\n");
-    tokio::time::sleep(GAP).await;
+    // Half a head read: hyper keeps the connection (and its buffer) until the head is whole.
+    gap(&cutover, 0.0, line!()).await;
     conn.send(b"st: a.example\r\n\r\n").await.unwrap();
     assert_kept_alive(&responses(&mut conn, 1, false).await[0], "200", "legacy\n");
-    tokio::time::sleep(GAP).await;
+    gap(&cutover, 1.0, line!()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -168,14 +188,14 @@ async fn a_body_left_unread_is_never_taken_for_a_request() {
             missed.starts_with("HTTP/1.1 404"),
             "round {round}: {missed:?}"
         );
-        tokio::time::sleep(GAP).await;
+        gap(&cutover, 1.0, line!()).await;
         conn.send(b"GET /app/ok/headers HTTP/1.1\r\nHost: a.example\r\n\r\n")
             .await
             .unwrap();
         let ok = &responses(&mut conn, 1, false).await[0];
         assert_kept_alive(ok, "200", "\n");
         assert!(ok.contains("GET /app/ok/headers"), "round {round}: {ok:?}");
-        tokio::time::sleep(GAP).await;
+        gap(&cutover, 1.0, line!()).await;
     }
     conn.read_until(Duration::from_millis(300), |b| !b.is_empty())
         .await;
@@ -207,7 +227,7 @@ async fn a_response_larger_than_the_socket_buffers_then_an_idle_gap_then_more() 
             response.len() - response.find("\r\n\r\n").unwrap() - 4,
             32 << 20
         );
-        tokio::time::sleep(GAP).await;
+        gap(&cutover, 1.0, line!()).await;
     }
 }
 
@@ -230,7 +250,7 @@ async fn on_shutdown_a_waiting_connection_closes_at_once_and_a_busy_one_finishes
     busy.send(b"GET /sleep/1000 HTTP/1.1\r\nHost: a.example\r\n\r\n")
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gap(&cutover, 1.0, line!()).await;
 
     let signalled = std::time::Instant::now();
     cutover.signal("TERM");
@@ -263,4 +283,28 @@ async fn on_shutdown_a_waiting_connection_closes_at_once_and_a_busy_one_finishes
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(exit.success(), "{exit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_lines_after_a_request_do_not_end_the_connection() {
+    // RFC 9112 section 2.2: a server ignores empty lines before a request line; some clients
+    // send a CRLF after a body.
+    let backend = Backend::start("legacy").await;
+    let cutover = Cutover::start(&split_config(&[("legacy", &backend.url(), 100.0)], ""));
+    let mut conn = raw::connect(cutover.proxy).await;
+    let requests: [&[u8]; 2] = [
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nContent-Length: 5\r\n\r\nhello\r\n",
+        b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n\r\n\r\n",
+    ];
+    for request in requests {
+        conn.send(request).await.unwrap();
+        let answer = &responses(&mut conn, 1, false).await[0];
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+        gap(&cutover, 1.0, line!()).await;
+        conn.send(b"GET / HTTP/1.1\r\nHost: a.example\r\n\r\n")
+            .await
+            .unwrap();
+        assert_kept_alive(&responses(&mut conn, 1, false).await[0], "200", "legacy\n");
+        gap(&cutover, 1.0, line!()).await;
+    }
 }

@@ -127,10 +127,14 @@ impl<S> Sniffed<S> {
         self.replay = bytes;
     }
 
-    /// Frees what a long head left behind, for a connection about to sit idle.
+    /// Frees what a long head or a replay left behind, for a connection about to sit idle.
     pub fn release_buffers(&mut self) {
         if self.partial_head.is_empty() {
             self.partial_head = Vec::new();
+        }
+        // An empty `Bytes` can still hold all of hyper's old read buffer.
+        if self.replay.is_empty() {
+            self.replay = Bytes::new();
         }
     }
 

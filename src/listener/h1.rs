@@ -2,9 +2,9 @@
 //!
 //! Hyper gives each connection a read and a write buffer (8 KiB each) for its whole life, and
 //! they are most of what an idle keep-alive connection costs. So hyper serves a connection only
-//! while there is something to serve: once every response is done and the reader waits for a
-//! new head with nothing half-read ([`FramingWatch::between_requests`]), the task asks hyper to
-//! close, keeps the socket (the shutdown hyper then asks for is not passed on), and waits for
+//! while there is something to serve: once every response is done and the reader has waited
+//! [`PARK_AFTER`] for a new head with nothing half-read
+//! ([`super::framing::FramingWatch::between_requests`]), the task asks hyper to close, keeps the socket (the shutdown hyper then asks for is not passed on), and waits for
 //! the next bytes holding the socket alone. They get a new hyper connection with the same
 //! service. A client sees one connection, as before; only the memory of waiting changes.
 //!
@@ -32,19 +32,60 @@ use tokio::time::Instant;
 use super::framing::Sniffed;
 use super::timeouts::{Counted, OpenStream, StreamActivity};
 
-/// Serves one HTTP/1 connection until it closes, the client goes quiet for `idle_timeout`, or
-/// `stop` fires (after the response in progress). `held` lives as long as the connection.
+/// How long a connection waits for its next request before hyper lets go of it. Letting go and
+/// taking a new hyper connection costs about a tenth of a small request's CPU (benches/load.sh),
+/// so a client that sends requests back to back keeps its hyper connection; one that waits
+/// longer sends too few for the cost to count. Short, so a burst of new connections holds
+/// hyper's buffers only briefly.
+const PARK_AFTER: Duration = Duration::from_millis(50);
+
+/// What every HTTP/1 connection of one listener shares.
+pub(super) struct Listener {
+    builder: http1::Builder,
+    idle_timeout: Duration,
+    stop: Stop,
+    /// `cutover_idle_connections` for this listener.
+    idle: metrics::Gauge,
+    what: &'static str,
+}
+
+impl Listener {
+    /// `stop` is set once `shutdown` flips (or its sender is gone).
+    pub(super) fn new(
+        builder: http1::Builder,
+        idle_timeout: Duration,
+        mut shutdown: watch::Receiver<bool>,
+        what: &'static str,
+    ) -> Arc<Listener> {
+        let listener = Arc::new(Listener {
+            builder,
+            idle_timeout,
+            stop: Stop::default(),
+            idle: metrics::gauge!(crate::telemetry::IDLE_CONNECTIONS, "listener" => what),
+            what,
+        });
+        let stopping = listener.clone();
+        tokio::spawn(async move {
+            // (The value's read guard is not `Send`: dropped at once.)
+            drop(shutdown.wait_for(|&stopping| stopping).await);
+            stopping.stop.set.store(true, Ordering::Release);
+            stopping.stop.notify.notify_waiters();
+        });
+        listener
+    }
+}
+
+/// Serves one HTTP/1 connection until it closes, the client goes quiet for the listener's
+/// idle timeout, or shutdown begins (after the response in progress). `held` lives as long as
+/// the connection.
 ///
 /// An async block rather than an `async fn`, whose arguments would each take room twice in the
 /// task (as arguments, then as locals) for the whole life of the connection.
 #[allow(clippy::manual_async_fn)]
 pub(super) fn serve<H, F, B>(
-    builder: Arc<http1::Builder>,
+    listener: Arc<Listener>,
     mut io: TokioIo<Sniffed<TcpStream>>,
     mut service: CountedService<H>,
-    idle_timeout: Duration,
-    stop: Arc<Stop>,
-    what: &'static str,
     held: impl Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
 where
@@ -56,11 +97,19 @@ where
     async move {
         // Owned by the task until the connection ends.
         let _ = &held;
+        let Listener {
+            builder,
+            idle_timeout,
+            stop,
+            idle,
+            what,
+        } = &*listener;
         let watch = io.inner().watch().clone();
         let activity = service.activity().clone();
         let mut stopping = pin!(stop.notify.notified());
         let mut listening = false;
-        let mut idle_deadline = pin!(tokio::time::sleep_until(Instant::now()));
+        // When to park while served, then when to close while parked.
+        let mut deadline = pin!(tokio::time::sleep_until(Instant::now()));
         loop {
             // In a block of its own, so hyper's connection (boxed: a waiting connection's task
             // is not sized for it) is freed before the wait for the next request.
@@ -79,11 +128,26 @@ where
                     if closing || !watch.between_requests() || activity.any_open() {
                         return Poll::Pending;
                     }
+                    // Waiting for the next request: keep hyper while requests come often.
+                    let park_at = activity
+                        .idle_deadline(PARK_AFTER)
+                        .unwrap_or_else(Instant::now);
+                    if park_at > Instant::now() {
+                        if deadline.deadline() != park_at {
+                            deadline.as_mut().reset(park_at);
+                        }
+                        if deadline.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                    }
                     watch.set_parking(true);
                     Pin::new(&mut *conn).graceful_shutdown();
                     match Pin::new(&mut *conn).poll(cx) {
                         Poll::Ready(Ok(())) => Poll::Ready(Ended::Parked),
-                        Poll::Ready(Err(err)) => Poll::Ready(Ended::Closed(Err(err))),
+                        Poll::Ready(Err(err)) => {
+                            watch.set_parking(false);
+                            Poll::Ready(Ended::Closed(Err(err)))
+                        }
                         Poll::Pending => {
                             // Not idle after all: hyper finishes what it is doing, then closes.
                             watch.set_parking(false);
@@ -114,16 +178,25 @@ where
             };
             (io, service) = (returned, returned_service);
             io.inner_mut().release_buffers();
-            if !read_buf.is_empty() {
-                io.inner_mut().replay(read_buf);
+            // Hyper can stop with bytes read and not used: only the empty lines a client may
+            // send before a request (RFC 9112, section 2.2), since the reader waited at a
+            // request boundary. They are dropped, as hyper and the reader would; anything else
+            // is handed back before the socket's bytes.
+            let unread = read_buf.iter().position(|&b| b != b'\r' && b != b'\n');
+            if let Some(start) = unread {
+                io.inner_mut().replay(read_buf.slice(start..));
                 continue;
             }
             // An empty `Bytes` from hyper can still hold its whole read buffer.
             drop(read_buf);
-            idle_deadline.as_mut().reset(Instant::now() + idle_timeout);
+            idle.increment(1.0);
+            let close_at = activity
+                .idle_deadline(*idle_timeout)
+                .unwrap_or_else(|| Instant::now() + *idle_timeout);
+            deadline.as_mut().reset(close_at);
             let readable = poll_fn(|cx| {
                 if stop.is_set(cx, stopping.as_mut(), &mut listening)
-                    || idle_deadline.as_mut().poll(cx).is_ready()
+                    || deadline.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(false);
                 }
@@ -133,6 +206,7 @@ where
                     .map(|ready| ready.is_ok())
             })
             .await;
+            idle.decrement(1.0);
             if !readable {
                 return;
             }
@@ -144,25 +218,12 @@ where
 /// notification each connection registers for once (its task is woken when the flag is set).
 /// Cheaper than polling a `watch` receiver on every wake, which takes the channel's lock.
 #[derive(Default)]
-pub(super) struct Stop {
+struct Stop {
     set: AtomicBool,
     notify: Notify,
 }
 
 impl Stop {
-    /// A `Stop` that is set once `shutdown` flips (or its sender is gone).
-    pub(super) fn following(mut shutdown: watch::Receiver<bool>) -> Arc<Stop> {
-        let stop = Arc::new(Stop::default());
-        let setter = stop.clone();
-        tokio::spawn(async move {
-            // (The value's read guard is not `Send`: dropped at once.)
-            drop(shutdown.wait_for(|&stopping| stopping).await);
-            setter.set.store(true, Ordering::Release);
-            setter.notify.notify_waiters();
-        });
-        stop
-    }
-
     /// Whether shutdown has begun. The first call registers the task for the wake-up.
     fn is_set(
         &self,

@@ -120,9 +120,9 @@ where
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(TokioTimer::new())
         .max_header_list_size(MAX_HEAD_BYTES as u32);
-    let (h1, h2) = (Arc::new(h1), Arc::new(h2));
+    let h1 = h1::Listener::new(h1, limits.idle_timeout, shutdown.clone(), what);
+    let h2 = Arc::new(h2);
     let graceful = GracefulShutdown::new();
-    let stop = h1::Stop::following(shutdown.clone());
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let open = metrics::gauge!(crate::telemetry::OPEN_CONNECTIONS, "listener" => what);
     let mut full_since_logged: Option<std::time::Instant> = None;
@@ -166,7 +166,6 @@ where
         let (h1, h2) = (h1.clone(), h2.clone());
         let watcher = graceful.watcher();
         let shutdown = shutdown.clone();
-        let stop = stop.clone();
         let slot = Slot::taken(slot, open.clone());
         tokio::spawn(async move {
             let peer = Peer::new(addr);
@@ -184,9 +183,6 @@ where
                         h1,
                         TokioIo::new(sniffed),
                         h1::CountedService::new(handler),
-                        limits.idle_timeout,
-                        stop,
-                        what,
                         (slot, watcher),
                     ));
                 }
