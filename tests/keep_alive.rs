@@ -83,6 +83,21 @@ async fn gap(cutover: &Cutover, waiting: f64, at: u32) {
     );
 }
 
+/// Sends `request`, checks its one answer kept the connection alive, then waits out a gap
+/// and checks the connection let go of hyper.
+async fn answered_then_idle(
+    cutover: &Cutover,
+    conn: &mut RawConn,
+    request: &str,
+    expect_status: &str,
+    expect_body: &str,
+) {
+    conn.send(request.as_bytes()).await.unwrap();
+    let response = &responses(conn, 1, false).await[0];
+    assert_kept_alive(response, expect_status, expect_body);
+    gap(cutover, 1.0, line!()).await;
+}
+
 fn assert_kept_alive(response: &str, expect_status: &str, expect_body: &str) {
     let lower = response.to_ascii_lowercase();
     assert!(
@@ -100,37 +115,17 @@ async fn a_connection_that_waits_between_requests_serves_every_kind_in_order() {
     let mut conn = raw::connect(cutover.proxy).await;
     let host = "Host: a.example\r\n";
 
-    conn.send(format!("GET / HTTP/1.1\r\n{host}\r\n").as_bytes())
-        .await
-        .unwrap();
-    assert_kept_alive(&responses(&mut conn, 1, false).await[0], "200", "legacy\n");
-    gap(&cutover, 1.0, line!()).await;
+    let get = format!("GET / HTTP/1.1\r\n{host}\r\n");
+    answered_then_idle(&cutover, &mut conn, &get, "200", "legacy\n").await;
 
     // A sized body, then a chunked one with a trailer.
-    conn.send(format!("POST /upload HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello").as_bytes())
-        .await
-        .unwrap();
-    assert_kept_alive(
-        &responses(&mut conn, 1, false).await[0],
-        "200",
-        "len=5 sum=532",
+    let sized = format!("POST /upload HTTP/1.1\r\n{host}Content-Length: 5\r\n\r\nhello");
+    answered_then_idle(&cutover, &mut conn, &sized, "200", "len=5 sum=532").await;
+    let chunked = format!(
+        "POST /upload HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n\
+         3\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: 1\r\n\r\n"
     );
-    gap(&cutover, 1.0, line!()).await;
-    conn.send(
-        format!(
-            "POST /upload HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n\
-             3\r\nhel\r\n2\r\nlo\r\n0\r\nX-Trailer: 1\r\n\r\n"
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_kept_alive(
-        &responses(&mut conn, 1, false).await[0],
-        "200",
-        "len=5 sum=532",
-    );
-    gap(&cutover, 1.0, line!()).await;
+    answered_then_idle(&cutover, &mut conn, &chunked, "200", "len=5 sum=532").await;
 
     // HEAD: a length, and no body to wait for.
     conn.send(format!("HEAD / HTTP/1.1\r\n{host}\r\n").as_bytes())
