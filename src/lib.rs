@@ -14,7 +14,7 @@
 //!   `proxy::routing` (matchers, buckets); the request path's helpers `proxy::{headers,
 //!   hygiene, body, tunnel}`.
 //! - Leaves: [`flags`] (model and evaluator), [`bucket`], [`error`], [`telemetry`],
-//!   [`ordered_map`], [`bearer`].
+//!   [`ordered_map`], [`bearer`], [`shadow`] (comparing two answers).
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -35,6 +35,7 @@ pub mod listener;
 pub mod ordered_map;
 pub mod proxy;
 pub mod server;
+pub mod shadow;
 pub mod snapshot;
 pub mod telemetry;
 #[cfg(test)]
