@@ -49,6 +49,13 @@ impl PointerPattern {
         Ok(PointerPattern { tokens })
     }
 
+    /// The same places, inside `key` of a larger document.
+    pub fn under(&self, key: &str) -> PointerPattern {
+        let mut tokens = vec![Token::Exact(key.to_owned())];
+        tokens.extend(self.tokens.iter().cloned());
+        PointerPattern { tokens }
+    }
+
     fn matches(&self, path: &[(String, bool)]) -> bool {
         self.tokens.len() == path.len()
             && self

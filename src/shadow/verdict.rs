@@ -1,0 +1,331 @@
+//! A candidate's whole answer against the primary's: status, headers and body, each difference
+//! a JSON pointer into the answer seen as one document (`/status`, `/headers/{name}`,
+//! `/body/...`), so `compare.ignore_json`, learned [`Noise`] and the samples work alike on all.
+//!
+//! Headers are compared without hop-by-hop ones and those in `compare.ignore_headers`; a header
+//! sent more than once compares as its list of values. A body is compared as JSON when both
+//! answers say JSON and parse as JSON, otherwise as bytes; one larger than `max_body` arrives
+//! here as its length and SHA-256 ([`BodyDigest`], computed while it streams).
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
+use http::StatusCode;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::compare::{json_differences, Difference, Differences, Noise, PointerPattern};
+use crate::proxy::headers::strip_hop_by_hop;
+
+/// What a shadowed route compares, from its `shadow.compare` settings.
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    pub ignore_headers: Vec<HeaderName>,
+    pub ignore_json: Vec<PointerPattern>,
+}
+
+/// One side's answer, as far as the comparison needs it.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Body,
+}
+
+pub enum Body {
+    /// The whole body, up to `max_body`.
+    Full(Bytes),
+    /// A larger body: its length and SHA-256.
+    Digest { len: u64, sha256: [u8; 32] },
+}
+
+/// Length and SHA-256 of a body, fed one frame at a time as it streams past.
+#[derive(Default)]
+pub struct BodyDigest {
+    len: u64,
+    hasher: Sha256,
+}
+
+impl BodyDigest {
+    pub fn update(&mut self, data: &[u8]) {
+        self.len += data.len() as u64;
+        self.hasher.update(data);
+    }
+
+    pub fn finish(self) -> Body {
+        Body::Digest {
+            len: self.len,
+            sha256: self.hasher.finalize().into(),
+        }
+    }
+}
+
+impl Body {
+    /// Length and digest, whichever way the body was kept.
+    fn fingerprint(&self) -> (u64, [u8; 32]) {
+        match self {
+            Body::Full(bytes) => (bytes.len() as u64, Sha256::digest(bytes).into()),
+            Body::Digest { len, sha256 } => (*len, *sha256),
+        }
+    }
+}
+
+/// Header values kept out of samples: they carry credentials.
+const REDACTED: [&str; 4] = [
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+];
+
+/// The differences between the two answers, every one counted and the first `keep` kept,
+/// after `settings` and what `noise` has learned.
+pub fn differences(
+    primary: &Answer,
+    candidate: &Answer,
+    settings: &Settings,
+    noise: &Noise,
+    keep: usize,
+) -> Differences {
+    let (primary_doc, candidate_doc) = documents(primary, candidate, settings);
+    let ignore: Vec<PointerPattern> = settings
+        .ignore_json
+        .iter()
+        .map(|pattern| pattern.under("body"))
+        .chain(noise.learned().iter().cloned())
+        .collect();
+    let mut found = json_differences(&primary_doc, &candidate_doc, &ignore, keep);
+    for difference in &mut found.kept {
+        redact(difference);
+    }
+    found
+}
+
+/// Teaches `noise` from two stable answers to one request.
+pub fn learn_noise(noise: &mut Noise, stable: &Answer, other: &Answer, settings: &Settings) {
+    let (a, b) = documents(stable, other, settings);
+    noise.learn(&a, &b);
+}
+
+/// Both answers as documents: `{status, headers, body}`. The body is JSON when both are;
+/// otherwise it is left out when the bytes are equal, or described by length and digest.
+fn documents(primary: &Answer, candidate: &Answer, settings: &Settings) -> (Value, Value) {
+    let (primary_body, candidate_body) = match (json_body(primary), json_body(candidate)) {
+        (Some(a), Some(b)) => (Some(a), Some(b)),
+        _ => {
+            let (a, b) = (primary.body.fingerprint(), candidate.body.fingerprint());
+            if a == b {
+                (None, None)
+            } else {
+                (Some(describe(a)), Some(describe(b)))
+            }
+        }
+    };
+    let document = |answer: &Answer, body: Option<Value>| {
+        let mut doc = Map::new();
+        doc.insert("status".into(), Value::from(answer.status.as_u16()));
+        doc.insert("headers".into(), headers(&answer.headers, settings));
+        if let Some(body) = body {
+            doc.insert("body".into(), body);
+        }
+        Value::Object(doc)
+    };
+    (
+        document(primary, primary_body),
+        document(candidate, candidate_body),
+    )
+}
+
+fn json_body(answer: &Answer) -> Option<Value> {
+    let Body::Full(bytes) = &answer.body else {
+        return None;
+    };
+    let content_type = answer.headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    let essence = content_type.split(';').next()?.trim().to_ascii_lowercase();
+    let is_json = essence == "application/json" || essence.ends_with("+json");
+    is_json.then(|| serde_json::from_slice(bytes).ok())?
+}
+
+fn describe((len, sha256): (u64, [u8; 32])) -> Value {
+    let hex: String = sha256[..8].iter().map(|b| format!("{b:02x}")).collect();
+    Value::from(format!("{len} bytes, sha256 {hex}…"))
+}
+
+fn headers(headers: &HeaderMap, settings: &Settings) -> Value {
+    let mut compared = headers.clone();
+    strip_hop_by_hop(&mut compared);
+    for name in &settings.ignore_headers {
+        compared.remove(name);
+    }
+    let mut out = Map::new();
+    for name in compared.keys() {
+        let values: Vec<Value> = compared
+            .get_all(name)
+            .iter()
+            .map(|v| Value::from(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let value = match <[Value; 1]>::try_from(values) {
+            Ok([one]) => one,
+            Err(many) => Value::Array(many),
+        };
+        out.insert(name.as_str().to_owned(), value);
+    }
+    Value::Object(out)
+}
+
+fn redact(difference: &mut Difference) {
+    let header = difference.pointer.strip_prefix("/headers/");
+    let header = header.map(|rest| rest.split('/').next().unwrap_or_default());
+    if header.is_some_and(|name| REDACTED.contains(&name)) {
+        for value in [&mut difference.primary, &mut difference.candidate] {
+            if value.is_some() {
+                *value = Some("(redacted)".into());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            headers: map,
+            body: Body::Full(Bytes::from(body.to_owned())),
+        }
+    }
+
+    fn pointers(found: &Differences) -> Vec<&str> {
+        found.kept.iter().map(|d| d.pointer.as_str()).collect()
+    }
+
+    const JSON: (&str, &str) = ("content-type", "application/json; charset=utf-8");
+
+    #[test]
+    fn status_headers_and_json_body_differ_by_pointer() {
+        let settings = Settings {
+            ignore_headers: vec![HeaderName::from_static("date")],
+            ignore_json: vec![PointerPattern::parse("/meta/at").unwrap()],
+        };
+        let primary = answer(
+            200,
+            &[
+                JSON,
+                ("date", "a"),
+                ("x-v", "1"),
+                ("connection", "x-v2"),
+                ("x-v2", "p"),
+            ],
+            r#"{"id": 1, "meta": {"at": 5}}"#,
+        );
+        let candidate = answer(
+            201,
+            &[
+                ("content-type", "application/problem+json"),
+                ("date", "b"),
+                ("x-v", "2"),
+            ],
+            r#"{"meta": {"at": 6}, "id": 2}"#,
+        );
+        let found = differences(&primary, &candidate, &settings, &Noise::default(), 10);
+        // Hop-by-hop headers (and those `Connection` names) are not compared.
+        assert_eq!(
+            pointers(&found),
+            [
+                "/body/id",
+                "/headers/content-type",
+                "/headers/x-v",
+                "/status"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_json_on_both_sides_compares_by_bytes() {
+        let settings = Settings::default();
+        let noise = Noise::default();
+        let same = differences(
+            &answer(200, &[], "hello"),
+            &answer(200, &[], "hello"),
+            &settings,
+            &noise,
+            10,
+        );
+        assert!(same.is_empty());
+        // JSON on one side only: bytes, described by length and digest.
+        let found = differences(
+            &answer(200, &[JSON], r#"{"a":1}"#),
+            &answer(200, &[], r#"{"a": 1}"#),
+            &settings,
+            &noise,
+            10,
+        );
+        assert_eq!(pointers(&found), ["/body", "/headers/content-type"]);
+        let body = found.kept[0].primary.as_deref().unwrap();
+        assert!(body.starts_with("\"7 bytes, sha256 "), "{body}");
+    }
+
+    #[test]
+    fn a_streamed_digest_matches_a_full_body_with_the_same_bytes() {
+        let mut digest = BodyDigest::default();
+        digest.update(b"hel");
+        digest.update(b"lo");
+        let streamed = Answer {
+            body: digest.finish(),
+            ..answer(200, &[], "")
+        };
+        let settings = Settings::default();
+        let noise = Noise::default();
+        assert!(
+            differences(&answer(200, &[], "hello"), &streamed, &settings, &noise, 10).is_empty()
+        );
+        assert_eq!(
+            pointers(&differences(
+                &answer(200, &[], "hellO"),
+                &streamed,
+                &settings,
+                &noise,
+                10
+            )),
+            ["/body"]
+        );
+    }
+
+    #[test]
+    fn credentials_are_compared_but_never_kept() {
+        let found = differences(
+            &answer(200, &[("set-cookie", "s=1"), ("set-cookie", "t=2")], ""),
+            &answer(200, &[("set-cookie", "s=9")], ""),
+            &Settings::default(),
+            &Noise::default(),
+            10,
+        );
+        assert_eq!(pointers(&found), ["/headers/set-cookie"]);
+        assert_eq!(found.kept[0].primary.as_deref(), Some("(redacted)"));
+        assert_eq!(found.kept[0].candidate.as_deref(), Some("(redacted)"));
+    }
+
+    #[test]
+    fn noise_learned_on_whole_answers_covers_headers_and_body() {
+        let settings = Settings::default();
+        let mut noise = Noise::default();
+        let stable = |id: &str, at: &str| {
+            answer(
+                200,
+                &[JSON, ("x-trace", at)],
+                &format!(r#"{{"id": 1, "at": "{id}"}}"#),
+            )
+        };
+        learn_noise(&mut noise, &stable("a", "1"), &stable("b", "2"), &settings);
+        let candidate = answer(200, &[JSON, ("x-trace", "3")], r#"{"id": 2, "at": "c"}"#);
+        let found = differences(&stable("a", "1"), &candidate, &settings, &noise, 10);
+        assert_eq!(pointers(&found), ["/body/id"]);
+    }
+}
