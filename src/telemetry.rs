@@ -87,7 +87,7 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
     );
     describe_gauge!(
         IDLE_CONNECTIONS,
-        "Of the open HTTP/1 connections, those waiting for their next request (after 50 ms, \
+        "Of the open HTTP/1 connections, those waiting for their next request (after 50 to 100 ms, \
          holding no buffers), by listener."
     );
     describe_counter!(

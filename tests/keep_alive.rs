@@ -11,7 +11,7 @@ use common::raw::{self, RawBackend, RawConn};
 use common::{split_config, Backend, Cutover};
 
 /// Long enough for cutover to let go of hyper's connection between requests (it does after
-/// 50 ms without one).
+/// 50 to 100 ms without one).
 const GAP: Duration = Duration::from_millis(200);
 
 /// The length of the first complete response in `bytes` (head and its sized or chunked body),

@@ -55,7 +55,7 @@ async fn an_idle_keep_alive_connection_costs_less_than_its_budget() {
         one_request(&mut conn).await;
         idle.push(conn);
     }
-    // Past the 50 ms after which a waiting connection lets go of hyper's buffers.
+    // Past the 50 to 100 ms after which a waiting connection lets go of hyper's buffers.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let per_connection = rss_bytes(&cutover).saturating_sub(before) / CONNECTIONS;
     eprintln!(

@@ -32,7 +32,8 @@ use tokio::time::Instant;
 use super::framing::Sniffed;
 use super::timeouts::{Counted, OpenStream, StreamActivity};
 
-/// How long a connection waits for its next request before hyper lets go of it. Letting go and
+/// How long a connection waits for its next request before hyper lets go of it (up to twice
+/// this: the timer is checked once per period, not moved by every request). Letting go and
 /// taking a new hyper connection costs about a tenth of a small request's CPU (benches/load.sh),
 /// so a client that sends requests back to back keeps its hyper connection; one that waits
 /// longer sends too few for the cost to count. Short, so a burst of new connections holds
@@ -116,6 +117,8 @@ where
             let parts = {
                 let mut conn = Box::new(builder.serve_connection(io, service).with_upgrades());
                 let mut closing = false;
+                // Requests started when the park timer was set, while it runs.
+                let mut waiting_since: Option<u64> = None;
                 let ended = poll_fn(|cx| {
                     // First, so a connection accepted during shutdown is closed unserved.
                     if !closing && stop.is_set(cx, stopping.as_mut(), &mut listening) {
@@ -128,15 +131,18 @@ where
                     if closing || !watch.between_requests() || activity.any_open() {
                         return Poll::Pending;
                     }
-                    // Waiting for the next request: keep hyper while requests come often.
-                    let park_at = activity
-                        .idle_deadline(PARK_AFTER)
-                        .unwrap_or_else(Instant::now);
-                    if park_at > Instant::now() {
-                        if deadline.deadline() != park_at {
-                            deadline.as_mut().reset(park_at);
-                        }
-                        if deadline.as_mut().poll(cx).is_pending() {
+                    // Waiting for the next request: let go of hyper once no request has come
+                    // for a whole PARK_AFTER. The timer is set once per period, not per request.
+                    let started = activity.started();
+                    match waiting_since {
+                        Some(_) if !deadline.is_elapsed() => return Poll::Pending,
+                        Some(since) if since == started => {}
+                        _ => {
+                            // First wait, or requests came during the last period.
+                            waiting_since = Some(started);
+                            deadline.as_mut().reset(Instant::now() + PARK_AFTER);
+                            // Registers the wake-up; it cannot be due yet.
+                            let _ = deadline.as_mut().poll(cx);
                             return Poll::Pending;
                         }
                     }
@@ -190,10 +196,10 @@ where
             // An empty `Bytes` from hyper can still hold its whole read buffer.
             drop(read_buf);
             idle.increment(1.0);
-            let close_at = activity
-                .idle_deadline(*idle_timeout)
-                .unwrap_or_else(|| Instant::now() + *idle_timeout);
-            deadline.as_mut().reset(close_at);
+            // It has waited PARK_AFTER already.
+            deadline
+                .as_mut()
+                .reset(Instant::now() + idle_timeout.saturating_sub(PARK_AFTER));
             let readable = poll_fn(|cx| {
                 if stop.is_set(cx, stopping.as_mut(), &mut listening)
                     || deadline.as_mut().poll(cx).is_ready()
@@ -255,10 +261,11 @@ pub(super) struct CountedService<H> {
 }
 
 impl<H> CountedService<H> {
-    pub(super) fn new(handler: H) -> CountedService<H> {
+    /// `timed`: see [`StreamActivity`].
+    pub(super) fn new(handler: H, timed: bool) -> CountedService<H> {
         CountedService {
             handler,
-            activity: StreamActivity::new(),
+            activity: StreamActivity::new(timed),
         }
     }
 

@@ -182,7 +182,7 @@ where
                     tokio::spawn(h1::serve(
                         h1,
                         TokioIo::new(sniffed),
-                        h1::CountedService::new(handler),
+                        h1::CountedService::new(handler, false),
                         (slot, watcher),
                     ));
                 }
@@ -219,7 +219,7 @@ async fn serve_h2<H, F, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = h1::CountedService::new(handler);
+    let service = h1::CountedService::new(handler, true);
     let activity = service.activity().clone();
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);

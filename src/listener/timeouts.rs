@@ -61,19 +61,25 @@ impl HeadTimer {
     }
 }
 
-/// Open streams on one HTTP/2 connection, and when the last one ended.
+/// Requests in progress on one connection (streams, on HTTP/2), how many have started, and (when
+/// `timed`) when the last one ended.
 pub struct StreamActivity {
     born: Instant,
     open: AtomicUsize,
+    started: AtomicU64,
+    /// Whether ends are timed: a clock read per request, which only HTTP/2's idle timer needs.
+    timed: bool,
     /// Milliseconds after `born` when the last stream ended.
     last_end_ms: AtomicU64,
 }
 
 impl StreamActivity {
-    pub fn new() -> Arc<StreamActivity> {
+    pub fn new(timed: bool) -> Arc<StreamActivity> {
         Arc::new(StreamActivity {
             born: Instant::now(),
             open: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            timed,
             last_end_ms: AtomicU64::new(0),
         })
     }
@@ -81,7 +87,13 @@ impl StreamActivity {
     /// Counts a stream as open until the returned guard is dropped (with its response body).
     pub fn open(self: &Arc<Self>) -> OpenStream {
         self.open.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::Relaxed);
         OpenStream(self.clone())
+    }
+
+    /// Requests started on this connection so far.
+    pub fn started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 
     /// True while a request is being answered (its response body not yet done).
@@ -90,7 +102,7 @@ impl StreamActivity {
     }
 
     /// When the connection will have been idle for `timeout`, if nothing opens meanwhile;
-    /// `None` while a stream is open.
+    /// `None` while a stream is open. Only for a `timed` activity.
     pub fn idle_deadline(&self, timeout: Duration) -> Option<Instant> {
         if self.open.load(Ordering::Acquire) > 0 {
             return None;
@@ -105,8 +117,10 @@ pub struct OpenStream(Arc<StreamActivity>);
 impl Drop for OpenStream {
     fn drop(&mut self) {
         let activity = &self.0;
-        let now = activity.born.elapsed().as_millis() as u64;
-        activity.last_end_ms.store(now, Ordering::Release);
+        if activity.timed {
+            let now = activity.born.elapsed().as_millis() as u64;
+            activity.last_end_ms.store(now, Ordering::Release);
+        }
         activity.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
