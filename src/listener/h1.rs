@@ -40,6 +40,9 @@ use super::timeouts::{Counted, OpenStream, StreamActivity};
 /// hyper's buffers only briefly.
 const PARK_AFTER: Duration = Duration::from_millis(50);
 
+/// `waiting_since` before the park timer is first set.
+const NOT_WAITING: u64 = u64::MAX;
+
 /// What every HTTP/1 connection of one listener shares.
 pub(super) struct Listener {
     builder: http1::Builder,
@@ -98,16 +101,11 @@ where
     async move {
         // Owned by the task until the connection ends.
         let _ = &held;
-        let Listener {
-            builder,
-            idle_timeout,
-            stop,
-            idle,
-            what,
-        } = &*listener;
+        // Fields read through `listener` where they are used, not bound here: each binding
+        // would take room in the task for the connection's whole life.
         let watch = io.inner().watch().clone();
         let activity = service.activity().clone();
-        let mut stopping = pin!(stop.notify.notified());
+        let mut stopping = pin!(listener.stop.notify.notified());
         let mut listening = false;
         // When to park while served, then when to close while parked.
         let mut deadline = pin!(tokio::time::sleep_until(Instant::now()));
@@ -115,13 +113,18 @@ where
             // In a block of its own, so hyper's connection (boxed: a waiting connection's task
             // is not sized for it) is freed before the wait for the next request.
             let parts = {
-                let mut conn = Box::new(builder.serve_connection(io, service).with_upgrades());
+                let mut conn = Box::new(
+                    listener
+                        .builder
+                        .serve_connection(io, service)
+                        .with_upgrades(),
+                );
                 let mut closing = false;
-                // Requests started when the park timer was set, while it runs.
-                let mut waiting_since: Option<u64> = None;
+                // Requests started when the park timer was set (`NOT_WAITING` before that).
+                let mut waiting_since = NOT_WAITING;
                 let ended = poll_fn(|cx| {
                     // First, so a connection accepted during shutdown is closed unserved.
-                    if !closing && stop.is_set(cx, stopping.as_mut(), &mut listening) {
+                    if !closing && listener.stop.is_set(cx, stopping.as_mut(), &mut listening) {
                         closing = true;
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
@@ -133,18 +136,17 @@ where
                     }
                     // Waiting for the next request: let go of hyper once no request has come
                     // for a whole PARK_AFTER. The timer is set once per period, not per request.
+                    if waiting_since != NOT_WAITING && !deadline.is_elapsed() {
+                        return Poll::Pending;
+                    }
                     let started = activity.started();
-                    match waiting_since {
-                        Some(_) if !deadline.is_elapsed() => return Poll::Pending,
-                        Some(since) if since == started => {}
-                        _ => {
-                            // First wait, or requests came during the last period.
-                            waiting_since = Some(started);
-                            deadline.as_mut().reset(Instant::now() + PARK_AFTER);
-                            // Registers the wake-up; it cannot be due yet.
-                            let _ = deadline.as_mut().poll(cx);
-                            return Poll::Pending;
-                        }
+                    if waiting_since != started {
+                        // The first wait, or requests came during the last period.
+                        waiting_since = started;
+                        deadline.as_mut().reset(Instant::now() + PARK_AFTER);
+                        // Registers the wake-up; it cannot be due yet.
+                        let _ = deadline.as_mut().poll(cx);
+                        return Poll::Pending;
                     }
                     watch.set_parking(true);
                     Pin::new(&mut *conn).graceful_shutdown();
@@ -165,7 +167,7 @@ where
                 .await;
                 if let Ended::Closed(result) = ended {
                     if let Err(err) = result {
-                        tracing::debug!(error = %err, "{what} connection closed with an error");
+                        tracing::debug!(error = %err, "{} connection closed with an error", listener.what);
                     }
                     return;
                 }
@@ -195,13 +197,13 @@ where
             }
             // An empty `Bytes` from hyper can still hold its whole read buffer.
             drop(read_buf);
-            idle.increment(1.0);
+            listener.idle.increment(1.0);
             // It has waited PARK_AFTER already.
             deadline
                 .as_mut()
-                .reset(Instant::now() + idle_timeout.saturating_sub(PARK_AFTER));
+                .reset(Instant::now() + listener.idle_timeout.saturating_sub(PARK_AFTER));
             let readable = poll_fn(|cx| {
-                if stop.is_set(cx, stopping.as_mut(), &mut listening)
+                if listener.stop.is_set(cx, stopping.as_mut(), &mut listening)
                     || deadline.as_mut().poll(cx).is_ready()
                 {
                     return Poll::Ready(false);
@@ -212,7 +214,7 @@ where
                     .map(|ready| ready.is_ok())
             })
             .await;
-            idle.decrement(1.0);
+            listener.idle.decrement(1.0);
             if !readable {
                 return;
             }
