@@ -30,7 +30,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 use super::framing::Sniffed;
-use super::timeouts::{Counted, OpenStream, StreamActivity};
+use super::timeouts::CountedService;
 
 /// How long a connection waits for its next request before hyper lets go of it (up to twice
 /// this: the timer is checked once per period, not moved by every request). Letting go and
@@ -253,71 +253,4 @@ enum Ended {
     /// Hyper let go of an idle connection; the socket is still open.
     Parked,
     Closed(hyper::Result<()>),
-}
-
-/// The connection's request handler, with each response counted as open until its body is
-/// done (or dropped), so the task knows when nothing is in progress.
-pub(super) struct CountedService<H> {
-    handler: H,
-    activity: Arc<StreamActivity>,
-}
-
-impl<H> CountedService<H> {
-    /// `timed`: see [`StreamActivity`].
-    pub(super) fn new(handler: H, timed: bool) -> CountedService<H> {
-        CountedService {
-            handler,
-            activity: StreamActivity::new(timed),
-        }
-    }
-
-    pub(super) fn activity(&self) -> &Arc<StreamActivity> {
-        &self.activity
-    }
-}
-
-impl<H, F, B> hyper::service::Service<Request<Incoming>> for CountedService<H>
-where
-    H: Fn(Request<Incoming>) -> F,
-    F: Future<Output = Result<Response<B>, Infallible>>,
-{
-    type Response = Response<Counted<B>>;
-    type Error = Infallible;
-    type Future = CountedResponse<F>;
-
-    fn call(&self, request: Request<Incoming>) -> CountedResponse<F> {
-        let stream = self.activity.open();
-        CountedResponse {
-            response: (self.handler)(request),
-            stream: Some(stream),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The handler's response future, its body wrapped in [`Counted`] when it is ready.
-    pub(super) struct CountedResponse<F> {
-        #[pin]
-        response: F,
-        stream: Option<OpenStream>,
-    }
-}
-
-impl<F, B> Future for CountedResponse<F>
-where
-    F: Future<Output = Result<Response<B>, Infallible>>,
-{
-    type Output = Result<Response<Counted<B>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        // Once it has completed, the guard is gone and it stays pending (never polls `response`
-        // again, which may panic).
-        if this.stream.is_none() {
-            return Poll::Pending;
-        }
-        let Ok(response) = std::task::ready!(this.response.poll(cx));
-        let stream = this.stream.take();
-        Poll::Ready(Ok(response.map(|body| Counted::new(body, stream))))
-    }
 }

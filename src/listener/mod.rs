@@ -29,7 +29,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use framing::{FramingWatch, Sniffed};
-use timeouts::HeadTimer;
+use timeouts::{CountedService, HeadTimer};
 
 /// Largest request head accepted; larger gets 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -182,7 +182,7 @@ where
                     tokio::spawn(h1::serve(
                         h1,
                         TokioIo::new(sniffed),
-                        h1::CountedService::new(handler, false),
+                        CountedService::new(handler, false),
                         (slot, watcher),
                     ));
                 }
@@ -219,7 +219,7 @@ async fn serve_h2<H, F, B>(
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let service = h1::CountedService::new(handler, true);
+    let service = CountedService::new(handler, true);
     let activity = service.activity().clone();
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);

@@ -1,12 +1,14 @@
 //! How long a client connection may wait: for a request head once it started
-//! ([`HeadTimer`], HTTP/1) and with no request in progress ([`StreamActivity`], HTTP/2).
+//! ([`HeadTimer`], HTTP/1), and with no request in progress, which [`CountedService`] tells by
+//! counting requests until their response bodies end ([`StreamActivity`]).
 //!
-//! An idle HTTP/1 keep-alive connection is hyper's to close: its header timer starts when the
-//! connection goes idle, so it is set to `client_idle_timeout`, and [`HeadTimer`] cuts a head
-//! that takes longer than `client_header_timeout` from its first byte. Hyper's HTTP/2 server
-//! has no idle timer at all, so the listener counts open streams and closes a connection that
-//! had none for `client_idle_timeout`.
+//! An idle HTTP/1 keep-alive connection is closed by [`super::h1`] after `client_idle_timeout`
+//! (hyper's header timer, set to the same, covers the moments hyper holds it), and
+//! [`HeadTimer`] cuts a head that takes longer than `client_header_timeout` from its first
+//! byte. Hyper's HTTP/2 server has no idle timer at all, so the listener closes a connection
+//! that had no open stream for `client_idle_timeout`.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -16,7 +18,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 /// Cuts an HTTP/1 connection whose request head is not complete `header_timeout` after its
@@ -125,17 +129,86 @@ impl Drop for OpenStream {
     }
 }
 
+/// The connection's request handler, with each response counted as open until its body is
+/// done (or dropped), so the task knows when nothing is in progress.
+pub struct CountedService<H> {
+    handler: H,
+    activity: Arc<StreamActivity>,
+}
+
+impl<H> CountedService<H> {
+    /// `timed`: see [`StreamActivity`].
+    pub fn new(handler: H, timed: bool) -> CountedService<H> {
+        CountedService {
+            handler,
+            activity: StreamActivity::new(timed),
+        }
+    }
+
+    pub fn activity(&self) -> &Arc<StreamActivity> {
+        &self.activity
+    }
+}
+
+impl<H, F, B> hyper::service::Service<Request<Incoming>> for CountedService<H>
+where
+    H: Fn(Request<Incoming>) -> F,
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Response = Response<Counted<B>>;
+    type Error = Infallible;
+    type Future = CountedResponse<F>;
+
+    fn call(&self, request: Request<Incoming>) -> CountedResponse<F> {
+        let stream = self.activity.open();
+        CountedResponse {
+            response: (self.handler)(request),
+            stream: Some(stream),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's response future, its body wrapped in [`Counted`] when it is ready.
+    pub struct CountedResponse<F> {
+        #[pin]
+        response: F,
+        stream: Option<OpenStream>,
+    }
+}
+
+impl<F, B> Future for CountedResponse<F>
+where
+    F: Future<Output = Result<Response<B>, Infallible>>,
+{
+    type Output = Result<Response<Counted<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // Once it has completed, the guard is gone and it stays pending (never polls `response`
+        // again, which may panic).
+        if this.stream.is_none() {
+            return Poll::Pending;
+        }
+        let Ok(response) = std::task::ready!(this.response.poll(cx));
+        match this.stream.take() {
+            Some(stream) => Poll::Ready(Ok(response.map(|body| Counted::new(body, stream)))),
+            None => Poll::Pending, // checked above
+        }
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body that keeps its stream counted as open until it is dropped.
     pub struct Counted<B> {
         #[pin]
         body: B,
-        stream: Option<OpenStream>,
+        stream: OpenStream,
     }
 }
 
 impl<B> Counted<B> {
-    pub fn new(body: B, stream: Option<OpenStream>) -> Counted<B> {
+    pub fn new(body: B, stream: OpenStream) -> Counted<B> {
         Counted { body, stream }
     }
 }
