@@ -138,6 +138,14 @@ impl<S> Sniffed<S> {
         }
     }
 
+    /// Records whether a write could complete, for [`FramingWatch::between_requests`].
+    fn wrote<T>(&self, polled: Poll<T>) -> Poll<T> {
+        self.watch
+            .write_blocked
+            .store(polled.is_pending(), Ordering::Relaxed);
+        polled
+    }
+
     /// Every byte read so far belongs to a complete request, and at least one came.
     fn at_request_boundary(&self) -> bool {
         matches!(self.state, State::Head)
@@ -425,10 +433,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        this.watch
-            .write_blocked
-            .store(polled.is_pending(), Ordering::Relaxed);
-        polled
+        this.wrote(polled)
     }
 
     fn poll_write_vectored(
@@ -438,10 +443,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Sniffed<S> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        this.watch
-            .write_blocked
-            .store(polled.is_pending(), Ordering::Relaxed);
-        polled
+        this.wrote(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
