@@ -14,9 +14,9 @@ pin_project_lite::pin_project! {
     pub struct Teed<B> {
         #[pin]
         inner: B,
-        copy: Option<BytesMut>,
         max_body: usize,
-        to_shadow: Option<oneshot::Sender<Bytes>>,
+        // The bytes so far and where they go; `None` once there is nothing to copy.
+        copy: Option<(BytesMut, oneshot::Sender<Bytes>)>,
     }
 }
 
@@ -32,21 +32,20 @@ impl TeeCopy {
 
 /// Splits `body` into what the primary reads and the copy for the shadow request.
 pub fn tee<B: Body>(body: B, max_body: usize) -> (Teed<B>, TeeCopy) {
-    let (to_shadow, copy) = oneshot::channel();
+    let (to_shadow, copied) = oneshot::channel();
     // A body that is already over is never polled (hyper checks first): copied now.
-    let to_shadow = if body.is_end_stream() {
+    let copy = if body.is_end_stream() {
         let _ = to_shadow.send(Bytes::new());
         None
     } else {
-        Some(to_shadow)
+        Some((BytesMut::new(), to_shadow))
     };
     let teed = Teed {
         inner: body,
-        copy: Some(BytesMut::new()),
         max_body,
-        to_shadow,
+        copy,
     };
-    (teed, TeeCopy(copy))
+    (teed, TeeCopy(copied))
 }
 
 impl<B: Body<Data = Bytes>> Body for Teed<B> {
@@ -63,25 +62,21 @@ impl<B: Body<Data = Bytes>> Body for Teed<B> {
         let ended = frame.is_none() || this.inner.is_end_stream();
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(copy)) = (frame.data_ref(), this.copy.as_mut()) {
+                if let (Some(data), Some((copy, _))) = (frame.data_ref(), this.copy.as_mut()) {
                     if copy.len() + data.len() > *this.max_body {
-                        // Too large to copy: stop keeping bytes; the shadow side gets nothing.
+                        // Too large to copy: the shadow side gets nothing.
                         *this.copy = None;
-                        *this.to_shadow = None;
                     } else {
                         copy.extend_from_slice(data);
                     }
                 }
             }
             // The primary gets the error; there is no whole body to copy.
-            Some(Err(_)) => {
-                *this.copy = None;
-                *this.to_shadow = None;
-            }
+            Some(Err(_)) => *this.copy = None,
             None => {}
         }
         if ended {
-            if let (Some(copy), Some(to_shadow)) = (this.copy.take(), this.to_shadow.take()) {
+            if let Some((copy, to_shadow)) = this.copy.take() {
                 let _ = to_shadow.send(copy.freeze());
             }
         }
