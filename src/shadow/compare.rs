@@ -273,16 +273,18 @@ fn same_number(a: &Number, b: &Number) -> bool {
     }
 }
 
-/// A value as compact JSON, cut to [`VALUE_LIMIT`] bytes at a character boundary.
+/// A value as compact JSON, cut to at most [`VALUE_LIMIT`] bytes (an ellipsis included) at a
+/// character boundary.
 fn render(value: &Value) -> String {
+    const CUT: char = '…';
     let mut text = value.to_string();
     if text.len() > VALUE_LIMIT {
-        let mut end = VALUE_LIMIT;
+        let mut end = VALUE_LIMIT - CUT.len_utf8();
         while !text.is_char_boundary(end) {
             end -= 1;
         }
         text.truncate(end);
-        text.push('…');
+        text.push(CUT);
     }
     text
 }
