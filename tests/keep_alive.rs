@@ -303,3 +303,16 @@ async fn empty_lines_after_a_request_do_not_end_the_connection() {
         gap(&cutover, 1.0, line!()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_slower_than_the_park_delay_keeps_the_connection() {
+    // While the backend takes its time the reader waits at a request boundary, but a response
+    // is in progress: the connection must not let go of hyper (which would end keep-alive).
+    let backend = Backend::start("legacy").await;
+    let cutover = Cutover::start(&split_config(&[("legacy", &backend.url(), 100.0)], ""));
+    let mut conn = raw::connect(cutover.proxy).await;
+    let slow = "GET /sleep/400 HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    answered_then_idle(&cutover, &mut conn, slow, "200", "legacy\n").await;
+    let next = "GET / HTTP/1.1\r\nHost: a.example\r\n\r\n";
+    answered_then_idle(&cutover, &mut conn, next, "200", "legacy\n").await;
+}
