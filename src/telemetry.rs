@@ -31,6 +31,7 @@ pub const FLAG_EVALUATIONS_TOTAL: &str = "cutover_flag_evaluations_total";
 pub const STATE_PERSIST_FAILURES_TOTAL: &str = "cutover_state_persist_failures_total";
 pub const OPEN_CONNECTIONS: &str = "cutover_open_connections";
 pub const IDLE_CONNECTIONS: &str = "cutover_idle_connections";
+pub const SHADOW_REQUESTS_TOTAL: &str = "cutover_shadow_requests_total";
 
 /// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
 /// (a second server in one test process) get the same recorder.
@@ -74,6 +75,10 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         "Effective share of a route's traffic per backend, in percent."
     );
     describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
+    describe_counter!(
+        SHADOW_REQUESTS_TOTAL,
+        "Shadow copies by result: match, mismatch, error, timeout, dropped."
+    );
     describe_counter!(CONFIG_RELOADS_TOTAL, "Config loads by result.");
     describe_gauge!(CONFIG_GENERATION, "Generation of the config being served.");
     describe_counter!(

@@ -81,6 +81,27 @@ pub struct RouteSpec {
     pub kill: bool,
     pub guard: Option<GuardSpec>,
     pub fallback: bool,
+    pub shadow: Option<ShadowSpec>,
+}
+
+/// `shadow:` on a route: copies of its requests to a candidate, answers compared.
+#[derive(Clone, Debug)]
+pub struct ShadowSpec {
+    /// Backend index of the candidate.
+    pub to: usize,
+    /// Basis points of eligible requests copied, by their bucket.
+    pub share: u32,
+    pub methods: Vec<http::Method>,
+    /// Largest request body copied, and largest response body compared whole.
+    pub max_body: usize,
+    /// Longest a copy may take, from sending it to the end of the candidate's body.
+    pub timeout: Duration,
+    pub max_inflight: usize,
+    pub compare: crate::shadow::verdict::Settings,
+    /// Backend index of a second stable instance whose answers teach the noise.
+    pub noise: Option<usize>,
+    /// Mismatches kept for the diffs API.
+    pub samples: usize,
 }
 
 #[derive(Clone, Debug, PartialEq)]

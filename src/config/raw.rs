@@ -79,6 +79,39 @@ pub struct RawRoute {
     pub guard: Option<RawGuard>,
     #[serde(default)]
     pub fallback: bool,
+    pub shadow: Option<RawShadow>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawShadow {
+    pub to: String,
+    pub percent: Option<f64>,
+    pub methods: Option<Vec<String>>,
+    pub max_body: Option<RawSize>,
+    pub timeout: Option<String>,
+    pub max_inflight: Option<u64>,
+    #[serde(default)]
+    pub compare: RawCompare,
+    pub samples: Option<u64>,
+}
+
+/// A size in bytes: a number, or text with a unit (`1MiB`, `512KiB`, `10kB`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawSize {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCompare {
+    #[serde(default)]
+    pub ignore_headers: Vec<String>,
+    #[serde(default)]
+    pub ignore_json: Vec<String>,
+    pub noise: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

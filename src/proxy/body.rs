@@ -23,6 +23,7 @@ use tokio::time::{Instant, Sleep};
 use super::exchange::{observe, Exchange, Outcome};
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
+use crate::shadow::copy::PrimaryCapture;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -57,6 +58,8 @@ pub struct Relayed {
     waiting: bool,
     /// Taken when the outcome is recorded: once, however the body ends.
     record: Option<Record>,
+    /// Stable's answer kept for a shadow copy, until the body is complete.
+    capture: Option<Box<PrimaryCapture>>,
 }
 
 struct Record {
@@ -73,6 +76,7 @@ impl Relayed {
         status: StatusCode,
         trips: Option<TripSender>,
         cut: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+        capture: Option<Box<PrimaryCapture>>,
     ) -> Relayed {
         Relayed {
             inner,
@@ -85,6 +89,7 @@ impl Relayed {
                 status,
                 trips,
             }),
+            capture,
         }
     }
 
@@ -122,6 +127,9 @@ impl Relayed {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.waiting = false;
+                if self.capture.is_some() {
+                    self.capture_frame(&frame);
+                }
                 match frame.into_data() {
                     Ok(mut data) if data.len() > MAX_FRAME => {
                         self.rest = data.split_off(MAX_FRAME);
@@ -132,10 +140,15 @@ impl Relayed {
                 }
             }
             Poll::Ready(None) => {
+                if let Some(capture) = self.capture.take() {
+                    capture.finish();
+                }
                 self.finish(None);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(err))) => {
+                // Stable's answer is incomplete: the copy compares nothing.
+                self.capture = None;
                 self.finish(Some(&ProxyError::from_body(&err)));
                 Poll::Ready(Some(Err(err.into())))
             }
@@ -162,9 +175,36 @@ impl Relayed {
     }
 }
 
+impl Relayed {
+    /// Keeps a frame of stable's answer for the shadow copy, and hands the answer over as
+    /// soon as the body says it is complete (hyper may not ask for the end after that).
+    fn capture_frame(&mut self, frame: &Frame<Bytes>) {
+        let Some(capture) = &mut self.capture else {
+            return;
+        };
+        if let Some(data) = frame.data_ref() {
+            if !capture.frame(data) {
+                self.capture = None;
+                return;
+            }
+        }
+        if self.inner.is_end_stream() {
+            if let Some(capture) = self.capture.take() {
+                capture.finish();
+            }
+        }
+    }
+}
+
 impl Drop for Relayed {
     /// Complete, or the client went away first: either way the backend answered.
     fn drop(&mut self) {
+        // A body that was over before it was read (a HEAD, a 204) is never polled.
+        if let Some(capture) = self.capture.take() {
+            if self.inner.is_end_stream() {
+                capture.finish();
+            }
+        }
         self.finish(None);
     }
 }

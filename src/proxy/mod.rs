@@ -43,6 +43,9 @@ use crate::snapshot::{LiveSnapshot, Snapshot};
 use body::{Relayed, ResponseBody};
 use exchange::{Exchange, Outcome};
 use hygiene::{Addressed, Rejection};
+use crate::shadow::copy::{self, PrimaryTap};
+use crate::shadow::tee::Teed;
+use crate::shadow::LiveShadow;
 use routing::RequestHead;
 use upstream::{Upstream, UpstreamBody};
 
@@ -98,7 +101,8 @@ impl Proxy {
             let trusted = &snapshot.config.trusted_proxies;
             let peer_trusted = headers::is_trusted(peer.addr.ip(), trusted);
             let client_ip = headers::client_ip(peer.addr.ip(), req.headers(), trusted);
-            let Some(mut exchange) = pick(snapshot, &req, addressed.as_ref(), client_ip, started)
+            let Some((mut exchange, copy)) =
+                pick(snapshot, &req, addressed.as_ref(), client_ip, started)
             else {
                 return local(
                     StatusCode::NOT_FOUND,
@@ -114,6 +118,12 @@ impl Proxy {
                 None
             };
             let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let slot = match copy {
+                Some(shadow) if upgrade.is_none() && fits(&req, shadow.max_body) => {
+                    shadow.admit(started)
+                }
+                _ => None,
+            };
             let (mut head, body) = req.into_parts();
             rewrite_head(
                 &mut head,
@@ -122,6 +132,13 @@ impl Proxy {
                 &peer,
                 peer_trusted,
             );
+            let (body, tap) = match slot {
+                Some(slot) => {
+                    let (teed, tap) = copy::start(slot, &head, exchange.route().strip, body);
+                    (teed, Some(tap))
+                }
+                None => (Teed::plain(body), None),
+            };
             let forwarded = self
                 .forward(&mut exchange, head, body, upgrade.is_some())
                 .await;
@@ -142,7 +159,7 @@ impl Proxy {
 
             // Respond; the body records the outcome when it ends.
             let trips = exchange.guarded().then(|| self.trips.clone());
-            respond(exchange, response, upgrade, client_upgrade, trips)
+            respond(exchange, response, upgrade, client_upgrade, trips, tap)
         }
     }
 
@@ -154,7 +171,7 @@ impl Proxy {
         &'a self,
         exchange: &'a mut Exchange,
         head: Parts,
-        body: Incoming,
+        body: Teed<Incoming>,
         upgrade: bool,
     ) -> impl Future<Output = Result<Response<Incoming>, Unanswered>> + Send + 'a {
         async move {
@@ -224,7 +241,8 @@ fn check<B>(req: &Request<B>, ambiguous_framing: bool) -> Result<Option<Addresse
     hygiene::inspect(req)
 }
 
-/// The match and pick phases. Allocates nothing.
+/// The match and pick phases, and whether the route's shadow wants a copy of the request.
+/// Allocates nothing.
 #[inline]
 fn pick<B>(
     snapshot: Arc<Snapshot>,
@@ -232,7 +250,7 @@ fn pick<B>(
     addressed: Option<&Addressed>,
     client_ip: std::net::IpAddr,
     started: Instant,
-) -> Option<Exchange> {
+) -> Option<(Exchange, Option<Arc<LiveShadow>>)> {
     let head = RequestHead {
         method: req.method(),
         path: req.uri().path(),
@@ -241,14 +259,35 @@ fn pick<B>(
         headers: req.headers(),
         client_ip,
     };
-    let route = snapshot.find_route(&head)?;
-    let target = snapshot.routes[route].pick(&head);
-    Some(Exchange {
+    let index = snapshot.find_route(&head)?;
+    let route = &snapshot.routes[index];
+    let bucket = route.bucket(&head);
+    let target = bucket.map_or(0, |bucket| route.target_for_bucket(bucket));
+    // Only what stable serves is copied: the candidate's answer is compared with stable's.
+    let copy = match (&route.shadow, bucket) {
+        (Some(shadow), Some(bucket)) if target == 0 && shadow.wants(bucket, req.method()) => {
+            Some(shadow.clone())
+        }
+        _ => None,
+    };
+    let exchange = Exchange {
         started,
         snapshot,
-        route,
+        route: index,
         target,
         fell_back: false,
+    };
+    Some((exchange, copy))
+}
+
+/// Whether a request body is small enough to copy, as far as its head says.
+fn fits<B>(req: &Request<B>, max_body: usize) -> bool {
+    req.headers().get(CONTENT_LENGTH).is_none_or(|length| {
+        length
+            .to_str()
+            .ok()
+            .and_then(|l| l.parse::<u64>().ok())
+            .is_some_and(|l| l <= max_body as u64)
     })
 }
 
@@ -307,6 +346,7 @@ fn respond(
     upgrade: Option<HeaderValue>,
     client_upgrade: Option<OnUpgrade>,
     trips: Option<TripSender>,
+    tap: Option<PrimaryTap>,
 ) -> Response<ResponseBody> {
     let route = exchange.route();
     let stable = exchange.target == 0;
@@ -336,7 +376,10 @@ fn respond(
             as Pin<Box<dyn Future<Output = ()> + Send>>
     });
     let status = response.status();
-    response.map(|body| ResponseBody::Relayed(Relayed::new(body, exchange, status, trips, cut)))
+    let capture = tap.map(|tap| tap.capture(status, response.headers()));
+    response.map(|body| {
+        ResponseBody::Relayed(Relayed::new(body, exchange, status, trips, cut, capture))
+    })
 }
 
 /// Idempotent, not an upgrade, and a body small enough to keep for a replay.
@@ -371,8 +414,9 @@ fn outbound(
     Ok(Request::from_parts(head, body))
 }
 
-/// A copy of a request head for a second attempt (extensions are not carried over).
-fn copy_head(parts: &Parts) -> Parts {
+/// A copy of a request head for a second attempt or a shadow copy (extensions are not
+/// carried over).
+pub(crate) fn copy_head(parts: &Parts) -> Parts {
     let (mut copy, ()) = Request::new(()).into_parts();
     copy.method = parts.method.clone();
     copy.uri = parts.uri.clone();

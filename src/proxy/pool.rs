@@ -28,9 +28,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
+use crate::shadow::tee::Teed;
 
-/// Body of a request to a backend: streamed from the client, or buffered for a replay.
-pub type UpstreamBody = Either<Incoming, Full<Bytes>>;
+/// Body of a request to a backend: streamed from the client (a shadow copy taken on the way,
+/// or not), or buffered for a replay or a copy.
+pub type UpstreamBody = Either<Teed<Incoming>, Full<Bytes>>;
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);

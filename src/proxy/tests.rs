@@ -168,14 +168,36 @@ fn pick_follows_the_first_matching_route_and_its_kill() {
     let ip = std::net::IpAddr::from([127, 0, 0, 1]);
     let now = Instant::now();
     let post = Request::post("/api/x").body(()).unwrap();
-    let exchange = pick(snapshot.clone(), &post, None, ip, now).unwrap();
+    let (exchange, _) = pick(snapshot.clone(), &post, None, ip, now).unwrap();
     assert_eq!((exchange.route, exchange.target), (0, 1));
     assert_eq!(&*exchange.target().backend.name, "v2");
     let get = Request::get("/api/x").body(()).unwrap();
-    let exchange = pick(snapshot.clone(), &get, None, ip, now).unwrap();
+    let (exchange, _) = pick(snapshot.clone(), &get, None, ip, now).unwrap();
     assert_eq!((exchange.route, exchange.target), (1, 0), "killed: stable");
     let elsewhere = Request::get("/other").body(()).unwrap();
     assert!(pick(snapshot, &elsewhere, None, ip, now).is_none());
+}
+
+#[test]
+fn only_requests_stable_serves_are_copied_and_a_kill_stops_the_copies() {
+    let yaml = |split: &str, kill: bool| {
+        format!(
+            "backends:\n  legacy: {{ url: \"http://127.0.0.1:9\" }}\n  v2: {{ url: \"http://127.0.0.1:10\" }}\n\
+             routes:\n  - name: api\n    match: {{ path_prefix: /api }}\n    split: {{ {split} }}\n    kill: {kill}\n    shadow: {{ to: v2 }}\n"
+        )
+    };
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let now = Instant::now();
+    let copies = |yaml: String, req: &Request<()>| {
+        let snapshot = Arc::new(compile_for_test(&yaml));
+        pick(snapshot, req, None, ip, now).unwrap().1.is_some()
+    };
+    let get = Request::get("/api/x").body(()).unwrap();
+    let post = Request::post("/api/x").body(()).unwrap();
+    assert!(copies(yaml("legacy: 100, v2: 0", false), &get));
+    assert!(!copies(yaml("legacy: 100, v2: 0", false), &post), "GET and HEAD only by default");
+    assert!(!copies(yaml("legacy: 0, v2: 100", false), &get), "v2 already serves it");
+    assert!(!copies(yaml("legacy: 100, v2: 0", true), &get), "killed");
 }
 
 #[test]

@@ -86,12 +86,24 @@ fn unescape(token: &str) -> Result<String, String> {
     Ok(out)
 }
 
+impl fmt::Display for PointerPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for token in &self.tokens {
+            match token {
+                Token::Any => f.write_str("/*")?,
+                Token::Exact(key) => write!(f, "/{}", escape(key))?,
+            }
+        }
+        Ok(())
+    }
+}
+
 fn escape(step: &str) -> String {
     step.replace('~', "~0").replace('/', "~1")
 }
 
 /// One place where the answers differ. A value is `None` where that side has nothing there.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Difference {
     pub pointer: String,
     pub primary: Option<String>,

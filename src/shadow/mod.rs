@@ -1,9 +1,16 @@
-//! Shadow traffic (issue 14): copies of requests sent to a candidate backend, and the candidate's
-//! answers compared with the primary's. This first part is the comparison itself ([`compare`]
-//! for JSON documents and learned noise, [`verdict`] for whole answers) and the copy of a
-//! request body taken as it streams ([`tee`]); the copying on the request path, `shadow:` in
-//! the config and the diffs API build on them.
+//! Shadow traffic: copies of a route's requests sent to a candidate backend, and the
+//! candidate's answers compared with stable's, which the client gets as if nothing else
+//! happened.
+//!
+//! [`live`] decides, on the request path, which requests are copied and holds what the route
+//! has found; [`copy`] runs one copy on its own task; [`tee`] takes the request body's copy as
+//! it streams to stable; [`verdict`] compares two whole answers and [`compare`] two JSON
+//! documents, with the noise learned from a second stable instance.
 
 pub mod compare;
+pub mod copy;
+pub mod live;
 pub mod tee;
 pub mod verdict;
+
+pub use live::{LiveShadow, ShadowResult, ShadowState};

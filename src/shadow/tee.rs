@@ -20,13 +20,15 @@ pin_project_lite::pin_project! {
     }
 }
 
-/// The shadow side: resolves to the whole body once the primary's has been read to its end, or
+/// The shadow side, a future: resolves to the whole body once the primary's has been read to its end, or
 /// to `None` when there is nothing to send (too large, cut short, or an error).
 pub struct TeeCopy(oneshot::Receiver<Bytes>);
 
-impl TeeCopy {
-    pub async fn body(self) -> Option<Bytes> {
-        self.0.await.ok()
+impl std::future::Future for TeeCopy {
+    type Output = Option<Bytes>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        Pin::new(&mut self.0).poll(cx).map(Result::ok)
     }
 }
 
@@ -48,6 +50,17 @@ pub fn tee<B: Body>(body: B, max_body: usize) -> (Teed<B>, TeeCopy) {
     (teed, TeeCopy(copied))
 }
 
+impl<B> Teed<B> {
+    /// A body with no copy to take: every frame passes straight through.
+    pub fn plain(inner: B) -> Teed<B> {
+        Teed {
+            inner,
+            max_body: 0,
+            copy: None,
+        }
+    }
+}
+
 impl<B: Body<Data = Bytes>> Body for Teed<B> {
     type Data = Bytes;
     type Error = B::Error;
@@ -57,6 +70,9 @@ impl<B: Body<Data = Bytes>> Body for Teed<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
+        if this.copy.is_none() {
+            return this.inner.poll_frame(cx);
+        }
         let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         // Whoever reads the body may stop at its last frame without asking for the end.
         let ended = frame.is_none() || this.inner.is_end_stream();
@@ -113,11 +129,11 @@ mod tests {
         let (teed, copy) = tee(chunks(&["hel", "lo ", "world"]), 64);
         let primary = teed.collect().await.unwrap().to_bytes();
         assert_eq!(primary, "hello world");
-        assert_eq!(copy.body().await.as_deref(), Some(&b"hello world"[..]));
+        assert_eq!(copy.await.as_deref(), Some(&b"hello world"[..]));
         // An empty body is copied as empty, not as nothing.
         let (teed, copy) = tee(Full::new(Bytes::new()), 64);
         teed.collect().await.unwrap();
-        assert_eq!(copy.body().await.as_deref(), Some(&b""[..]));
+        assert_eq!(copy.await.as_deref(), Some(&b""[..]));
     }
 
     #[tokio::test]
@@ -125,11 +141,11 @@ mod tests {
         let (teed, copy) = tee(chunks(&["12345", "67890", "x"]), 10);
         let primary = teed.collect().await.unwrap().to_bytes();
         assert_eq!(primary, "1234567890x");
-        assert_eq!(copy.body().await, None);
+        assert_eq!(copy.await, None);
         // Exactly max_body is copied.
         let (teed, copy) = tee(chunks(&["12345", "67890"]), 10);
         teed.collect().await.unwrap();
-        assert_eq!(copy.body().await.as_deref(), Some(&b"1234567890"[..]));
+        assert_eq!(copy.await.as_deref(), Some(&b"1234567890"[..]));
     }
 
     /// Reads as hyper's client does: frames only while the body does not say it has ended.
@@ -151,11 +167,11 @@ mod tests {
     async fn a_reader_that_stops_at_the_last_frame_still_completes_the_copy() {
         let (teed, copy) = tee(Full::new(Bytes::from_static(b"sized")), 64);
         assert_eq!(read_like_hyper(teed).await, b"sized");
-        assert_eq!(copy.body().await.as_deref(), Some(&b"sized"[..]));
+        assert_eq!(copy.await.as_deref(), Some(&b"sized"[..]));
         // Empty from the start: never polled at all.
         let (teed, copy) = tee(Full::new(Bytes::new()), 64);
         assert!(read_like_hyper(teed).await.is_empty());
-        assert_eq!(copy.body().await.as_deref(), Some(&b""[..]));
+        assert_eq!(copy.await.as_deref(), Some(&b""[..]));
     }
 
     #[tokio::test]
@@ -164,6 +180,6 @@ mod tests {
         let first = teed.frame().await.unwrap().unwrap();
         assert_eq!(first.into_data().unwrap(), "part");
         drop(teed);
-        assert_eq!(copy.body().await, None);
+        assert_eq!(copy.await, None);
     }
 }

@@ -21,6 +21,7 @@ use crate::control::overrides::{Kill, Overrides};
 use crate::control::window::WindowStats;
 use crate::proxy::routing::RequestHead;
 use crate::proxy::upstream::UpstreamCache;
+use crate::shadow::{LiveShadow, ShadowState};
 use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
 
 use route::{strip_len, upper_buckets};
@@ -53,6 +54,9 @@ pub struct Carried {
     runtime: HashMap<Arc<str>, Arc<RouteRuntime>>,
     /// Evaluation counts by flag key and variant name.
     flag_served: HashMap<(String, String), Arc<AtomicU64>>,
+    /// What each route's shadow found, by route and candidate: copying to another candidate
+    /// starts afresh.
+    shadows: HashMap<(Arc<str>, Arc<str>), Arc<ShadowState>>,
 }
 
 impl Snapshot {
@@ -65,6 +69,7 @@ impl Snapshot {
         let upstreams = carried.upstreams.build(&config.backends);
         let mut windows = HashMap::new();
         let mut runtimes = HashMap::new();
+        let mut shadows = HashMap::new();
         let routes = config
             .routes
             .iter()
@@ -98,6 +103,16 @@ impl Snapshot {
                         }
                     })
                     .collect();
+                let shadow = spec.shadow.as_ref().map(|spec| {
+                    let key = (name.clone(), upstreams[spec.to].name.clone());
+                    let state = carried
+                        .shadows
+                        .get(&key)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(ShadowState::new(&name)));
+                    shadows.insert(key, state.clone());
+                    Arc::new(LiveShadow::new(spec, &upstreams, state))
+                });
                 LiveRoute {
                     matcher: spec.matcher.clone(),
                     sticky: spec.sticky.clone(),
@@ -109,12 +124,14 @@ impl Snapshot {
                     telemetry: RouteTelemetry::new(&name),
                     runtime,
                     targets,
+                    shadow,
                     name,
                 }
             })
             .collect();
         carried.windows = windows;
         carried.runtime = runtimes;
+        carried.shadows = shadows;
         let flag_telemetry = flag_telemetry(&config, &mut carried.flag_served);
         Snapshot {
             generation,

@@ -13,6 +13,7 @@ use crate::control::overrides::Kill;
 use crate::control::window::WindowStats;
 use crate::proxy::routing::{self, Matcher, PathMatch, RequestHead, StickySource};
 use crate::proxy::upstream::Upstream;
+use crate::shadow::LiveShadow;
 use crate::telemetry::{RouteTelemetry, TargetTelemetry};
 
 /// Per-route state that outlives snapshots (kept by route name across reloads).
@@ -68,6 +69,8 @@ pub struct LiveRoute {
     pub runtime: Arc<RouteRuntime>,
     /// Stable first, then the others in file order; this order lays out the bucket ranges.
     pub targets: Box<[LiveTarget]>,
+    /// Copies of requests stable serves, to a candidate.
+    pub shadow: Option<Arc<LiveShadow>>,
 }
 
 /// One backend of one route.
@@ -95,10 +98,17 @@ impl LiveRoute {
     /// Index into `targets` of the backend that serves this request: by the sticky key's
     /// bucket, a random bucket without one, and stable when the route is killed.
     pub fn pick(&self, req: &RequestHead<'_>) -> usize {
+        self.bucket(req).map_or(0, |bucket| self.target_for_bucket(bucket))
+    }
+
+    /// The request's bucket, or `None` when the route is killed: then nothing is picked by
+    /// bucket, every request goes to stable and none is copied.
+    #[inline]
+    pub fn bucket(&self, req: &RequestHead<'_>) -> Option<u16> {
         if self.is_killed() {
-            return 0;
+            return None;
         }
-        self.target_for_bucket(routing::request_bucket(
+        Some(routing::request_bucket(
             &self.name,
             self.sticky.as_ref(),
             req,

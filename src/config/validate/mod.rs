@@ -2,9 +2,11 @@
 //! stopping at the first, so `cutover check` shows the whole list at once.
 //!
 //! This file owns the entry point, the `Validator` and its generic checks (addresses,
-//! names, durations, listeners, flags); backends and routes are in `route`.
+//! names, durations, listeners, flags); backends and routes are in `route`, a route's
+//! `shadow:` in `shadow`.
 
 mod route;
+mod shadow;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
@@ -151,7 +153,7 @@ pub fn validate(
             "no routes: at least one route is needed (every request would get 404)".to_owned(),
         );
     }
-    for (later, earlier) in route::shadowed_routes(&routes) {
+    for (later, earlier) in route::unreachable_routes(&routes) {
         v.warnings.push(format!(
             "route {:?} can never match: route {:?} before it matches every request it would",
             routes[later].name, routes[earlier].name

@@ -102,6 +102,10 @@ impl Validator<'_> {
             .guard
             .as_ref()
             .map(|g| self.guard(&format!("{path}.guard"), g));
+        let shadow = raw.shadow.as_ref().and_then(|s| {
+            let stable = split.first().map_or(stable, |&(index, _)| index);
+            self.shadow(&format!("{path}.shadow"), s, stable, declared, backends)
+        });
         if self.errors.len() > errors_before {
             return None;
         }
@@ -115,6 +119,7 @@ impl Validator<'_> {
             kill: raw.kill,
             guard,
             fallback: raw.fallback,
+            shadow,
         })
     }
 
@@ -373,7 +378,7 @@ impl Validator<'_> {
 /// Pairs `(later, earlier)` where route `earlier` matches every request route `later` would.
 /// Only routes whose path could cover the later one's are compared, so a reload of a large
 /// file stays linear instead of comparing every pair.
-pub(super) fn shadowed_routes(routes: &[RouteSpec]) -> Vec<(usize, usize)> {
+pub(super) fn unreachable_routes(routes: &[RouteSpec]) -> Vec<(usize, usize)> {
     let mut pathless: Vec<usize> = Vec::new();
     let mut by_path: HashMap<(&str, bool), Vec<usize>> = HashMap::new();
     let mut shadowed = Vec::new();

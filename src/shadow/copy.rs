@@ -1,0 +1,283 @@
+//! One shadow copy, from the request path to its verdict.
+//!
+//! [`start`] is all the request path does: it tees the request body, spawns the copy's task
+//! and returns a [`PrimaryTap`] that the primary's response body feeds as it streams to the
+//! client ([`PrimaryCapture`]). The task waits for the body copy, sends it to the candidate
+//! (and to the noise instance), reads the answer within `timeout`, waits for the primary's
+//! answer, then compares, counts and keeps a sample. Nothing the candidate does reaches the
+//! client: the task only ever reads from the primary's side.
+
+use std::time::SystemTime;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Either, Full};
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use super::live::{Sample, ShadowResult, Slot};
+use super::tee::{tee, TeeCopy, Teed};
+use super::verdict::{self, Answer, BodyDigest};
+use crate::error::ProxyError;
+use crate::proxy::upstream::Upstream;
+
+static X_CUTOVER_SHADOW: HeaderName = HeaderName::from_static("x-cutover-shadow");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Differences kept per sample; all are counted.
+const DIFFERENCES_PER_SAMPLE: usize = 20;
+
+/// Starts a copy of the request whose rewritten `head` is about to go to stable with `body`.
+/// Returns the body to send to stable and the tap for stable's answer.
+pub fn start(slot: Slot, head: &Parts, strip: usize, body: Incoming) -> (Teed<Incoming>, PrimaryTap) {
+    let max_body = slot.shadow().max_body;
+    let (teed, body_copy) = tee(body, max_body);
+    let (to_copy, primary) = oneshot::channel();
+    let mut copy_head = crate::proxy::copy_head(head);
+    copy_head
+        .headers
+        .insert(X_CUTOVER_SHADOW.clone(), HeaderValue::from_static("1"));
+    let copy = Copy {
+        sample: SampleHead {
+            method: head.method.clone(),
+            path: head.uri.path().to_owned(),
+            request_id: head
+                .headers
+                .get(&X_REQUEST_ID)
+                .and_then(|id| id.to_str().ok())
+                .map(str::to_owned),
+        },
+        head: copy_head,
+        strip,
+        body: body_copy,
+        primary,
+        slot,
+    };
+    tokio::spawn(copy.run());
+    (teed, PrimaryTap { to_copy, max_body })
+}
+
+/// Where stable's answer goes once its body has streamed to the client.
+pub struct PrimaryTap {
+    to_copy: oneshot::Sender<Answer>,
+    max_body: usize,
+}
+
+impl PrimaryTap {
+    /// Starts keeping stable's answer, whose head is `status` and `headers`.
+    pub fn capture(self, status: StatusCode, headers: &HeaderMap) -> Box<PrimaryCapture> {
+        Box::new(PrimaryCapture {
+            status,
+            headers: headers.clone(),
+            body: BodyCapture::new(self.max_body),
+            to_copy: self.to_copy,
+        })
+    }
+}
+
+/// Stable's answer, kept frame by frame as it is relayed.
+pub struct PrimaryCapture {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: BodyCapture,
+    to_copy: oneshot::Sender<Answer>,
+}
+
+impl PrimaryCapture {
+    /// Keeps one data frame; false when the copy no longer waits for it (stop capturing).
+    pub fn frame(&mut self, data: &Bytes) -> bool {
+        if self.to_copy.is_closed() {
+            return false;
+        }
+        self.body.push(data);
+        true
+    }
+
+    /// The body is complete: the answer goes to the copy.
+    pub fn finish(self: Box<Self>) {
+        let PrimaryCapture {
+            status,
+            headers,
+            body,
+            to_copy,
+        } = *self;
+        let _ = to_copy.send(Answer {
+            status,
+            headers,
+            body: body.finish(),
+        });
+    }
+}
+
+/// A body as the comparison keeps it: whole up to `max_body`, else its length and SHA-256.
+/// The whole body is kept as the frames it came in, so keeping it copies nothing.
+struct BodyCapture {
+    max_body: usize,
+    kept: Vec<Bytes>,
+    len: usize,
+    digest: Option<BodyDigest>,
+}
+
+impl BodyCapture {
+    fn new(max_body: usize) -> BodyCapture {
+        BodyCapture {
+            max_body,
+            kept: Vec::new(),
+            len: 0,
+            digest: None,
+        }
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if let Some(digest) = &mut self.digest {
+            digest.update(data);
+            return;
+        }
+        self.len += data.len();
+        if self.len <= self.max_body {
+            self.kept.push(data.clone());
+            return;
+        }
+        let mut digest = BodyDigest::default();
+        for kept in self.kept.drain(..) {
+            digest.update(&kept);
+        }
+        digest.update(data);
+        self.digest = Some(digest);
+    }
+
+    fn finish(self) -> verdict::Body {
+        if let Some(digest) = self.digest {
+            return digest.finish();
+        }
+        match <[Bytes; 1]>::try_from(self.kept) {
+            Ok([one]) => verdict::Body::Full(one),
+            Err(kept) => {
+                let mut whole = BytesMut::with_capacity(self.len);
+                for part in kept {
+                    whole.extend_from_slice(&part);
+                }
+                verdict::Body::Full(whole.freeze())
+            }
+        }
+    }
+}
+
+/// What a sample says of the request.
+struct SampleHead {
+    method: Method,
+    path: String,
+    request_id: Option<String>,
+}
+
+struct Copy {
+    slot: Slot,
+    head: Parts,
+    strip: usize,
+    body: TeeCopy,
+    primary: oneshot::Receiver<Answer>,
+    sample: SampleHead,
+}
+
+impl Copy {
+    async fn run(mut self) {
+        let result = self.compare().await;
+        self.slot.shadow().state.record(result);
+    }
+
+    async fn compare(&mut self) -> ShadowResult {
+        let shadow = self.slot.shadow();
+        let Some(body) = (&mut self.body).await else {
+            // Larger than max_body, or the client's body failed or was not read to its end.
+            return ShadowResult::Dropped;
+        };
+        let deadline = tokio::time::Instant::now() + shadow.timeout;
+        let candidate = self.fetch(&shadow.candidate, body.clone(), shadow.max_body);
+        let noise = async {
+            match &shadow.noise {
+                Some(noise) => Some(self.fetch(noise, body.clone(), shadow.max_body).await),
+                None => None,
+            }
+        };
+        let (candidate, noise) = tokio::time::timeout_at(deadline, async {
+            tokio::join!(candidate, noise)
+        })
+        .await
+        .unwrap_or((Err(ProxyError::Timeout), None));
+        let candidate = match candidate {
+            Ok(answer) => answer,
+            Err(err) => {
+                tracing::debug!(backend = %shadow.candidate.name, error = ?err, "shadow copy failed");
+                if matches!(err, ProxyError::Connect(_) | ProxyError::ConnectTimeout) {
+                    shadow.state.candidate_down();
+                }
+                return match err {
+                    ProxyError::Timeout | ProxyError::BodyTimeout | ProxyError::ConnectTimeout => {
+                        ShadowResult::Timeout
+                    }
+                    _ => ShadowResult::Error,
+                };
+            }
+        };
+        let Ok(Ok(primary)) = tokio::time::timeout_at(deadline, &mut self.primary).await else {
+            return ShadowResult::Dropped;
+        };
+        let learned = shadow.state.noise(|learned| {
+            if let Some(Ok(other)) = &noise {
+                verdict::learn_noise(learned, &primary, other, &shadow.compare);
+            }
+        });
+        let found = verdict::differences(
+            &primary,
+            &candidate,
+            &shadow.compare,
+            &learned,
+            DIFFERENCES_PER_SAMPLE,
+        );
+        if found.is_empty() {
+            return ShadowResult::Match;
+        }
+        if shadow.samples > 0 {
+            shadow.state.keep_sample(
+                Sample {
+                    time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                    method: self.sample.method.to_string(),
+                    path: self.sample.path.clone(),
+                    request_id: self.sample.request_id.clone(),
+                    primary_status: primary.status.as_u16(),
+                    candidate_status: candidate.status.as_u16(),
+                    differences_total: found.count,
+                    differences: found.kept,
+                },
+                shadow.samples,
+            );
+        }
+        ShadowResult::Mismatch
+    }
+
+    /// Sends the copy to `upstream` and reads its whole answer.
+    async fn fetch(&self, upstream: &Upstream, body: Bytes, max_body: usize) -> Result<Answer, ProxyError> {
+        let mut head = crate::proxy::copy_head(&self.head);
+        head.uri = upstream
+            .uri_for(&self.head.uri, self.strip)
+            .map_err(|_| ProxyError::BadTarget)?;
+        head.version = upstream.version();
+        let request = Request::from_parts(head, Either::Right(Full::new(body)));
+        let response = upstream.send(request).await?;
+        let (parts, mut incoming) = response.into_parts();
+        let mut captured = BodyCapture::new(max_body);
+        while let Some(frame) = incoming.frame().await {
+            let frame = frame.map_err(|err| ProxyError::from_body(&err))?;
+            if let Some(data) = frame.data_ref() {
+                captured.push(data);
+            }
+        }
+        Ok(Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: captured.finish(),
+        })
+    }
+}
