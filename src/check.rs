@@ -57,6 +57,19 @@ fn summary(path: &Path, config: &Config) -> String {
         if let Some(sticky) = &route.sticky {
             let _ = write!(out, "; sticky on {}", describe_sticky(sticky));
         }
+        if let Some(shadow) = &route.shadow {
+            let methods: Vec<&str> = shadow.methods.iter().map(|m| m.as_str()).collect();
+            let _ = write!(
+                out,
+                "; shadow {}% of {} to {}",
+                format_percent(shadow.share),
+                methods.join("|"),
+                config.backends[shadow.to].name
+            );
+            if let Some(noise) = shadow.noise {
+                let _ = write!(out, " (noise from {})", config.backends[noise].name);
+            }
+        }
         if route.kill {
             let _ = write!(
                 out,

@@ -80,6 +80,12 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A shadowed route's comparison counts and its last mismatches, field by field.
+    Diffs {
+        route: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
 }
 
 /// What a kill or resume applies to: one route, every route, or one flag.
@@ -201,6 +207,13 @@ fn main() -> ExitCode {
         Command::Status { watch, admin } => {
             let client = admin.client();
             server::run_blocking(Some(1), async move { cli::status(&client, watch).await })
+        }
+        Command::Diffs { route, admin } => {
+            let client = admin.client();
+            server::run_blocking(Some(1), async move {
+                print!("{}", client.diffs(&route).await?.render());
+                Ok(())
+            })
         }
     };
     match result {

@@ -348,3 +348,53 @@ fn check_reads_the_flags_file_and_points_into_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn check_validates_shadow_and_warns_about_copied_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let backends = "backends:\n  legacy: {url: 'http://127.0.0.1:1'}\n  v2: {url: 'http://127.0.0.1:2'}\n  legacy-b: {url: 'http://127.0.0.1:3'}\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{backends}routes:\n  - name: orders\n    match: {{path_prefix: /orders}}\n    split: {{legacy: 95, v2: 5}}\n    shadow:\n      to: v2\n      percent: 10\n      methods: [GET, post]\n      max_body: 256KiB\n      compare: {{ignore_json: ['/meta/*'], noise: legacy-b}}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("orders: /orders* → legacy 95%, v2 5%; shadow 10% of GET|POST to v2 (noise from legacy-b)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: routes[0].shadow.methods: POST requests are copied to \"v2\", which performs each of those writes a second time"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &path,
+        format!(
+            "{backends}routes:\n  - name: orders\n    match: {{path_prefix: /orders}}\n    split: {{legacy: 100}}\n    shadow:\n      to: legacy\n      percent: 120\n      max_body: 1TiB\n      max_inflight: 0\n      compare: {{ignore_json: ['meta'], ignore_headers: ['bad header'], noise: nowhere}}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    for expected in [
+        "routes[0].shadow.to: \"legacy\" is this route's stable backend",
+        "routes[0].shadow.percent:",
+        "routes[0].shadow.max_body: is not a size like 1MiB",
+        "routes[0].shadow.max_inflight: must be from 1 to 100000",
+        "routes[0].shadow.compare.ignore_headers[0]: \"bad header\" is not a header name",
+        "routes[0].shadow.compare.ignore_json[0]: \"meta\" is not a JSON pointer",
+        "routes[0].shadow.compare.noise: unknown backend \"nowhere\"",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    // Every error points at its line.
+    assert!(stderr.contains(&format!("{}:", path.display())), "{stderr}");
+}

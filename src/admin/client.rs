@@ -1,4 +1,4 @@
-//! `cutover kill | resume | status`: thin clients of the admin API, with errors a person at
+//! `cutover kill | resume | status | diffs`: thin clients of the admin API, with errors a person at
 //! 3 a.m. can act on.
 
 use std::time::Duration;
@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
+use crate::admin::diffs::Diffs;
 use crate::admin::status::Status;
 
 pub struct AdminClient {
@@ -83,6 +84,18 @@ impl AdminClient {
             bail!("the admin API answered {status} to GET /api/status");
         }
         serde_json::from_value(value).context("reading /api/status")
+    }
+
+    pub async fn diffs(&self, route: &str) -> anyhow::Result<Diffs> {
+        let path = format!("/api/routes/{}/diffs", path_segment(route));
+        let (status, value) = self.call(Method::GET, &path, None).await?;
+        if !status.is_success() {
+            match value["error"].as_str() {
+                Some(message) => bail!("{message}"),
+                None => bail!("the admin API answered {status} to GET {path}"),
+            }
+        }
+        serde_json::from_value(value).with_context(|| format!("reading {path}"))
     }
 
     /// Kills one route, or all with `None`; prints what changed.

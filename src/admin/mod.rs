@@ -12,11 +12,13 @@
 //! | POST `/api/kill`, `/api/resume`      | every route at once                               |
 //! | POST `/api/flags/{key}/kill`, `/resume` | flag kill switch: everyone gets the default     |
 //! | POST `/api/reload`                   | reload now: 200 with the generation, or 422 with every error |
+//! | GET `/api/routes/{name}/diffs`       | shadow counts and the last mismatches ([`diffs`]) |
 //!
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
 
 pub mod client;
+pub mod diffs;
 pub mod page;
 pub mod status;
 
@@ -38,6 +40,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::admin::diffs::Diffs;
 use crate::admin::status::Status;
 use crate::bearer::{self, Bearer};
 use crate::control::overrides::{Kill, KillSource};
@@ -133,6 +136,7 @@ impl Admin {
                 );
                 json_response(StatusCode::OK, &status)
             }
+            _ if diffs_route(&path).is_some() => self.diffs(&path),
             _ if self.allowed(&path).is_some() => {
                 let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
                 response
@@ -150,8 +154,26 @@ impl Admin {
             "/healthz" | "/readyz" | "/metrics" | "/api/status" => Some("GET, HEAD"),
             "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
             _ if page::find(path).is_some() => Some("GET, HEAD"),
+            _ if diffs_route(path).is_some() => Some("GET, HEAD"),
             _ if switch_action(path).is_some() => Some("POST"),
             _ => None,
+        }
+    }
+
+    fn diffs(&self, path: &str) -> AdminResponse {
+        let Some(name) = diffs_route(path) else {
+            return error(StatusCode::NOT_FOUND, "not found");
+        };
+        let snapshot = self.control.live().load_full();
+        let Some(route) = snapshot.route(&name) else {
+            return error(StatusCode::NOT_FOUND, &format!("no route named {name:?}"));
+        };
+        match Diffs::of(route) {
+            Some(diffs) => json_response(StatusCode::OK, &diffs),
+            None => error(
+                StatusCode::NOT_FOUND,
+                &format!("route {name:?} has no shadow: in the config"),
+            ),
         }
     }
 
@@ -268,6 +290,15 @@ impl Admin {
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
         }
     }
+}
+
+/// `/api/routes/{name}/diffs` → the route's name, percent-decoded.
+fn diffs_route(path: &str) -> Option<Cow<'_, str>> {
+    let name = path.strip_prefix("/api/routes/")?.strip_suffix("/diffs")?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    percent_decode_str(name).decode_utf8().ok()
 }
 
 /// `/api/routes/{name}/kill` → `(Route, name, "kill")`; likewise `/api/flags/{key}/…`.

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::admin::diffs::ShadowSummary;
 use crate::bucket::format_percent;
 use crate::control::overrides::Kill;
 use crate::control::persist::PersistFailure;
@@ -73,6 +74,8 @@ pub struct RouteStatus {
     pub guard: Option<GuardStatus>,
     pub window_seconds: f64,
     pub backends: Vec<BackendStatus>,
+    #[serde(default)]
+    pub shadow: Option<ShadowSummary>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -138,6 +141,10 @@ impl Status {
                         }
                     })
                     .collect(),
+                shadow: route
+                    .shadow
+                    .as_ref()
+                    .map(|shadow| ShadowSummary::of(route, shadow)),
             })
             .collect();
         Status {
@@ -266,6 +273,23 @@ impl Status {
                     },
                     backend.p99_ms.map_or("-".to_owned(), |p| format!("{p:.1}")),
                     if i == 0 { state.as_str() } else { "" },
+                ));
+            }
+        }
+        let shadowed: Vec<_> = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r, r.shadow.as_ref()?)))
+            .collect();
+        if !shadowed.is_empty() {
+            out.push_str(&format!("\n{:<20} {:<28} {}\n", "SHADOW", "TO", "RESULTS"));
+            for (route, shadow) in shadowed {
+                out.push_str(&format!(
+                    "{:<20} {:<28} {}  (cutover diffs {})\n",
+                    route.name,
+                    format!("{} {}%", shadow.to, percent(shadow.percent)),
+                    shadow.describe_counts(),
+                    route.name
                 ));
             }
         }

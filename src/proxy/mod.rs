@@ -39,13 +39,13 @@ use hyper::upgrade::OnUpgrade;
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::listener::Peer;
+use crate::shadow::copy::{self, PrimaryTap};
+use crate::shadow::tee::Teed;
+use crate::shadow::LiveShadow;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 use body::{Relayed, ResponseBody};
 use exchange::{Exchange, Outcome};
 use hygiene::{Addressed, Rejection};
-use crate::shadow::copy::{self, PrimaryTap};
-use crate::shadow::tee::Teed;
-use crate::shadow::LiveShadow;
 use routing::RequestHead;
 use upstream::{Upstream, UpstreamBody};
 

@@ -195,8 +195,14 @@ fn only_requests_stable_serves_are_copied_and_a_kill_stops_the_copies() {
     let get = Request::get("/api/x").body(()).unwrap();
     let post = Request::post("/api/x").body(()).unwrap();
     assert!(copies(yaml("legacy: 100, v2: 0", false), &get));
-    assert!(!copies(yaml("legacy: 100, v2: 0", false), &post), "GET and HEAD only by default");
-    assert!(!copies(yaml("legacy: 0, v2: 100", false), &get), "v2 already serves it");
+    assert!(
+        !copies(yaml("legacy: 100, v2: 0", false), &post),
+        "GET and HEAD only by default"
+    );
+    assert!(
+        !copies(yaml("legacy: 0, v2: 100", false), &get),
+        "v2 already serves it"
+    );
     assert!(!copies(yaml("legacy: 100, v2: 0", true), &get), "killed");
 }
 

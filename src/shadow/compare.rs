@@ -103,7 +103,7 @@ fn escape(step: &str) -> String {
 }
 
 /// One place where the answers differ. A value is `None` where that side has nothing there.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Difference {
     pub pointer: String,
     pub primary: Option<String>,

@@ -31,7 +31,12 @@ const DIFFERENCES_PER_SAMPLE: usize = 20;
 
 /// Starts a copy of the request whose rewritten `head` is about to go to stable with `body`.
 /// Returns the body to send to stable and the tap for stable's answer.
-pub fn start(slot: Slot, head: &Parts, strip: usize, body: Incoming) -> (Teed<Incoming>, PrimaryTap) {
+pub fn start(
+    slot: Slot,
+    head: &Parts,
+    strip: usize,
+    body: Incoming,
+) -> (Teed<Incoming>, PrimaryTap) {
     let max_body = slot.shadow().max_body;
     let (teed, body_copy) = tee(body, max_body);
     let (to_copy, primary) = oneshot::channel();
@@ -201,11 +206,10 @@ impl Copy {
                 None => None,
             }
         };
-        let (candidate, noise) = tokio::time::timeout_at(deadline, async {
-            tokio::join!(candidate, noise)
-        })
-        .await
-        .unwrap_or((Err(ProxyError::Timeout), None));
+        let (candidate, noise) =
+            tokio::time::timeout_at(deadline, async { tokio::join!(candidate, noise) })
+                .await
+                .unwrap_or((Err(ProxyError::Timeout), None));
         let candidate = match candidate {
             Ok(answer) => answer,
             Err(err) => {
@@ -258,7 +262,12 @@ impl Copy {
     }
 
     /// Sends the copy to `upstream` and reads its whole answer.
-    async fn fetch(&self, upstream: &Upstream, body: Bytes, max_body: usize) -> Result<Answer, ProxyError> {
+    async fn fetch(
+        &self,
+        upstream: &Upstream,
+        body: Bytes,
+        max_body: usize,
+    ) -> Result<Answer, ProxyError> {
         let mut head = crate::proxy::copy_head(&self.head);
         head.uri = upstream
             .uri_for(&self.head.uri, self.strip)

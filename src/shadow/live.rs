@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use http::Method;
 use metrics::{counter, Counter, SharedString};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::compare::{Difference, Noise, PointerPattern};
 use super::verdict::Settings;
@@ -62,7 +62,7 @@ impl ShadowResult {
 }
 
 /// One kept mismatch, as the diffs API shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Sample {
     /// RFC 3339, UTC.
     pub time: String,
@@ -191,6 +191,10 @@ impl LiveShadow {
             samples: spec.samples,
             state,
         }
+    }
+
+    pub fn methods(&self) -> &[Method] {
+        &self.methods
     }
 
     /// Whether a request stable serves, in `bucket`, is one to copy. With a sticky key the

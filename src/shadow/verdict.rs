@@ -2,13 +2,14 @@
 //! a JSON pointer into the answer seen as one document (`/status`, `/headers/{name}`,
 //! `/body/...`), so `compare.ignore_json`, learned [`Noise`] and the samples work alike on all.
 //!
-//! Headers are compared without hop-by-hop ones and those in `compare.ignore_headers`; a header
-//! sent more than once compares as its list of values. A body is compared as JSON when both
+//! Headers are compared without hop-by-hop ones, `Content-Length` (the body is compared
+//! itself) and those in `compare.ignore_headers`; a header sent more than once compares as its
+//! list of values. A body is compared as JSON when both
 //! answers say JSON and parse as JSON, otherwise as bytes; one larger than `max_body` arrives
 //! here as its length and SHA-256 ([`BodyDigest`], computed while it streams).
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use http::StatusCode;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -152,6 +153,8 @@ fn describe((len, sha256): (u64, [u8; 32])) -> Value {
 fn headers(headers: &HeaderMap, settings: &Settings) -> Value {
     let mut compared = headers.clone();
     strip_hop_by_hop(&mut compared);
+    // How the body was framed; the body itself is compared, as JSON or as bytes.
+    compared.remove(CONTENT_LENGTH);
     for name in &settings.ignore_headers {
         compared.remove(name);
     }
@@ -283,9 +286,14 @@ mod tests {
         };
         let settings = Settings::default();
         let noise = Noise::default();
-        assert!(
-            differences(&answer(200, &[], "hello"), &streamed, &settings, noise.learned(), 10).is_empty()
-        );
+        assert!(differences(
+            &answer(200, &[], "hello"),
+            &streamed,
+            &settings,
+            noise.learned(),
+            10
+        )
+        .is_empty());
         assert_eq!(
             pointers(&differences(
                 &answer(200, &[], "hellO"),
@@ -325,7 +333,13 @@ mod tests {
         };
         learn_noise(&mut noise, &stable("a", "1"), &stable("b", "2"), &settings);
         let candidate = answer(200, &[JSON, ("x-trace", "3")], r#"{"id": 2, "at": "c"}"#);
-        let found = differences(&stable("a", "1"), &candidate, &settings, noise.learned(), 10);
+        let found = differences(
+            &stable("a", "1"),
+            &candidate,
+            &settings,
+            noise.learned(),
+            10,
+        );
         assert_eq!(pointers(&found), ["/body/id"]);
     }
 }

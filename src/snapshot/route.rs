@@ -98,7 +98,8 @@ impl LiveRoute {
     /// Index into `targets` of the backend that serves this request: by the sticky key's
     /// bucket, a random bucket without one, and stable when the route is killed.
     pub fn pick(&self, req: &RequestHead<'_>) -> usize {
-        self.bucket(req).map_or(0, |bucket| self.target_for_bucket(bucket))
+        self.bucket(req)
+            .map_or(0, |bucket| self.target_for_bucket(bucket))
     }
 
     /// The request's bucket, or `None` when the route is killed: then nothing is picked by

@@ -403,9 +403,14 @@
     const rows = el('div', 'brows');
     table.append(header, rows);
     const guard = el('p', 'guard');
-    view.card.append(bars, table, guard);
+    const shadow = el('p', 'shadow');
+    const shadowText = el('span');
+    const shadowLink = el('a', null, 'mismatch samples');
+    shadow.append(shadowText, ' ', shadowLink);
+    view.card.append(bars, table, guard, shadow);
     return Object.assign(view, {
-      effLabel, effBar, cfgRow, cfgBar, rows, guard, shape: '', rowsByName: new Map(), barsKey: '',
+      effLabel, effBar, cfgRow, cfgBar, rows, guard, shadow, shadowText, shadowLink,
+      shape: '', rowsByName: new Map(), barsKey: '',
     });
   }
 
@@ -486,6 +491,24 @@
         '% errors over ' + route.guard.window_seconds + ' s (after ' + route.guard.min_requests +
         ' requests); ' + stats + '.'
       : 'No guard; ' + stats + '.');
+    updateShadow(view, route.shadow);
+  }
+
+  function updateShadow(view, shadow) {
+    show(view.shadow, !!shadow);
+    if (!shadow) return;
+    const c = shadow.counts;
+    const compared = c.match + c.mismatch;
+    const result = shadow.match_percent == null
+      ? 'nothing compared yet'
+      : shadow.match_percent + '% match of ' + compared + ' compared';
+    setText(view.shadowText, 'Shadow: ' + pct(shadow.percent) + ' of ' + shadow.methods.join('/') +
+      ' copied to ' + shadow.to + ' — ' + result + ' · mismatch ' + c.mismatch + ' · error ' +
+      c.error + ' · timeout ' + c.timeout + ' · dropped ' + c.dropped + '.');
+    view.shadow.classList.toggle('bad-text', c.mismatch > 0);
+    if (view.shadowLink.getAttribute('href') !== shadow.diffs) {
+      view.shadowLink.setAttribute('href', shadow.diffs);
+    }
   }
 
   // Keeps one card per name, in the API's order, reusing nodes so buttons never move or

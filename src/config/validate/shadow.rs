@@ -56,7 +56,11 @@ impl Validator<'_> {
             DEFAULT_MAX_BODY,
             MAX_MAX_BODY,
         );
-        let timeout = self.duration(&format!("{path}.timeout"), raw.timeout.as_deref(), DEFAULT_TIMEOUT);
+        let timeout = self.duration(
+            &format!("{path}.timeout"),
+            raw.timeout.as_deref(),
+            DEFAULT_TIMEOUT,
+        );
         let max_inflight = self.bounded(
             &format!("{path}.max_inflight"),
             raw.max_inflight,
@@ -152,7 +156,10 @@ impl Validator<'_> {
             }
         }
         for method in &methods {
-            if !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE) {
+            if !matches!(
+                *method,
+                Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+            ) {
                 self.warnings.push(format!(
                     "{at}: {method} requests are copied to {to:?}, which performs each of those writes a second time"
                 ));
@@ -206,7 +213,9 @@ impl Validator<'_> {
 /// `1MiB`, `512 KiB`, `10kB`, `2MB`, `100B` or a plain number of bytes.
 fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let number: u64 = text[..digits].parse().ok()?;
     let unit: u64 = match text[digits..].trim_start() {
         "" | "B" => 1,
