@@ -18,6 +18,10 @@
 # CUTOVER_BIN_B, SPLIT_CHECK (requests used to check the split before loading, 0 = skip),
 # PIN (1: taskset servers and wrk; default 1 for ofrep, 0 for route), SERVER_CPU, CLIENT_CPU,
 # KEEP_TMP=1.
+# SHADOW and SHADOW_B (route mode; for cutover and cutover-b): none (default), or the route
+# also shadows 100% of its requests to a candidate that is `healthy` (answers as legacy does),
+# `stalled` (accepts connections, never answers) or `down` (nothing listens):
+#   CUTOVER_BIN_B=target/release/cutover SHADOW=stalled TARGETS="cutover cutover-b" bash benches/load.sh
 # The table goes to stdout, progress to stderr: `bash benches/load.sh > result.txt`.
 set -euo pipefail
 
@@ -44,6 +48,10 @@ CUTOVER_BIN_B=${CUTOVER_BIN_B:+$(abspath "$CUTOVER_BIN_B")}
 
 LEGACY_PORT=18001
 NEW_PORT=18002
+# Shadow candidates (SHADOW, SHADOW_B).
+declare -A CANDIDATE_PORT=([healthy]=18003 [stalled]=18004 [down]=18005)
+SHADOW=${SHADOW:-none}
+SHADOW_B=${SHADOW_B:-none}
 declare -A PORT=([cutover]=18080 [cutover-b]=18081 [haproxy]=18082 [nginx]=18083 [direct]=$LEGACY_PORT)
 declare -A ADMIN_PORT=([cutover]=19901 [cutover-b]=19902)
 declare -A FLAGS_PORT=([cutover]=18016 [cutover-b]=18017)
@@ -84,6 +92,13 @@ check_knobs() {
         route | ofrep) ;;
         *) die "MODE=$MODE: use route or ofrep" ;;
     esac
+    for k in SHADOW SHADOW_B; do
+        case ${!k} in
+            none) ;;
+            healthy | stalled | down) [[ $MODE == route ]] || die "$k needs MODE=route" ;;
+            *) die "$k=${!k}: use none, healthy, stalled or down" ;;
+        esac
+    done
     if ((PIN)); then
         command -v taskset >/dev/null || die "PIN=1 needs taskset (util-linux)"
         ((SERVER_CPU != CLIENT_CPU && $(nproc) > SERVER_CPU && $(nproc) > CLIENT_CPU)) ||
@@ -213,7 +228,28 @@ backend_servers() {
     cat <<EOF
     server { listen 127.0.0.1:$LEGACY_PORT; return 200 "legacy\n"; }
     server { listen 127.0.0.1:$NEW_PORT; return 200 "new\n"; }
+    server { listen 127.0.0.1:${CANDIDATE_PORT[healthy]}; return 200 "legacy\n"; }
 EOF
+}
+
+# Accepts connections and never answers; each is held until the peer gives up.
+start_stalled_candidate() {
+    spawn stalled "$WORK/stalled.log" python3 -c '
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(4096)
+held = []
+while True:
+    held.append(server.accept()[0])
+' "${CANDIDATE_PORT[stalled]}"
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/${CANDIDATE_PORT[stalled]}") 2>/dev/null; then return; fi
+        sleep 0.05
+    done
+    die "the stalled candidate did not start"
 }
 
 # One backend shared by every target, so only the proxy in front differs.
@@ -328,6 +364,12 @@ flags:
 EOF
         return
     fi
+    local shadow=$SHADOW candidate="" shadowing=""
+    if [[ $1 == cutover-b ]]; then shadow=$SHADOW_B; fi
+    if [[ $shadow != none ]]; then
+        candidate="  candidate: { url: \"http://127.0.0.1:${CANDIDATE_PORT[$shadow]}\" }"
+        shadowing="    shadow: { to: candidate, percent: 100 }"
+    fi
     cat >"$2" <<EOF
 listen: 127.0.0.1:${PORT[$1]}
 admin:
@@ -335,11 +377,13 @@ admin:
 backends:
   legacy: { url: "http://127.0.0.1:$LEGACY_PORT" }
   new: { url: "http://127.0.0.1:$NEW_PORT" }
+$candidate
 routes:
   - name: all
     match: { path_prefix: / }
     split: { legacy: 90, new: 10 }
     sticky: { header: x-user-id }
+$shadowing
 EOF
 }
 
@@ -561,6 +605,7 @@ main() {
     write_wrk_script
 
     if [[ $MODE == route ]]; then start_backend; fi
+    if [[ $SHADOW == stalled || $SHADOW_B == stalled ]]; then start_stalled_candidate; fi
     local t r
     for t in $TARGETS; do
         start_target "$t"
@@ -577,6 +622,13 @@ main() {
         for ((i = 0; i < n; i++)); do run_wrk "${order[(r - 1 + i) % n]}" "$r"; done
     done
 
+    local t
+    for t in $TARGETS; do
+        if [[ $t == cutover || $t == cutover-b ]]; then
+            curl -s "http://127.0.0.1:${ADMIN_PORT[$t]}/metrics" |
+                { grep '^cutover_shadow_requests_total' || true; } | sed "s/^/  $t: /" >&2
+        fi
+    done
     collect
     print_table
 }

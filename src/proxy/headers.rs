@@ -6,7 +6,8 @@ use std::net::IpAddr;
 use http::header::{
     HeaderName, HeaderValue, CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
-use http::HeaderMap;
+use http::request::Parts;
+use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
 use crate::listener::Peer;
@@ -211,6 +212,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr
         nearest = ip;
     }
     nearest
+}
+
+/// A copy of a request head for a second attempt or a shadow copy (extensions are not
+/// carried over).
+pub fn copy_head(parts: &Parts) -> Parts {
+    let (mut copy, ()) = Request::new(()).into_parts();
+    copy.method = parts.method.clone();
+    copy.uri = parts.uri.clone();
+    copy.version = parts.version;
+    copy.headers = parts.headers.clone();
+    copy
 }
 
 #[cfg(test)]

@@ -192,7 +192,7 @@ impl Proxy {
             let upstream = &exchange.target().backend;
             let first = outbound(
                 upstream,
-                copy_head(&head),
+                headers::copy_head(&head),
                 strip,
                 Either::Right(Full::new(body.clone())),
             )?;
@@ -412,17 +412,6 @@ fn outbound(
         .map_err(|_| Unanswered::Unsent(ProxyError::BadTarget))?;
     head.version = upstream.version();
     Ok(Request::from_parts(head, body))
-}
-
-/// A copy of a request head for a second attempt or a shadow copy (extensions are not
-/// carried over).
-pub(crate) fn copy_head(parts: &Parts) -> Parts {
-    let (mut copy, ()) = Request::new(()).into_parts();
-    copy.method = parts.method.clone();
-    copy.uri = parts.uri.clone();
-    copy.version = parts.version;
-    copy.headers = parts.headers.clone();
-    copy
 }
 
 fn upstream_error(route: &str, backend: &str, err: &ProxyError) -> Response<ResponseBody> {

@@ -40,7 +40,7 @@ pub fn start(
     let max_body = slot.shadow().max_body;
     let (teed, body_copy) = tee(body, max_body);
     let (to_copy, primary) = oneshot::channel();
-    let mut copy_head = crate::proxy::copy_head(head);
+    let mut copy_head = crate::proxy::headers::copy_head(head);
     copy_head
         .headers
         .insert(X_CUTOVER_SHADOW.clone(), HeaderValue::from_static("1"));
@@ -268,7 +268,7 @@ impl Copy {
         body: Bytes,
         max_body: usize,
     ) -> Result<Answer, ProxyError> {
-        let mut head = crate::proxy::copy_head(&self.head);
+        let mut head = crate::proxy::headers::copy_head(&self.head);
         head.uri = upstream
             .uri_for(&self.head.uri, self.strip)
             .map_err(|_| ProxyError::BadTarget)?;
