@@ -22,6 +22,7 @@ pub mod pool;
 pub mod routing;
 pub mod tunnel;
 pub mod upstream;
+pub mod upstream_body;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,7 +33,7 @@ use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
@@ -40,7 +41,6 @@ use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::listener::Peer;
 use crate::shadow::copy::{self, PrimaryTap};
-use crate::shadow::tee::Teed;
 use crate::shadow::LiveShadow;
 use crate::snapshot::{LiveSnapshot, Snapshot};
 use body::{Relayed, ResponseBody};
@@ -135,9 +135,9 @@ impl Proxy {
             let (body, tap) = match slot {
                 Some(slot) => {
                     let (teed, tap) = copy::start(slot, &head, exchange.route().strip, body);
-                    (teed, Some(tap))
+                    (UpstreamBody::Teed(teed), Some(tap))
                 }
-                None => (Teed::plain(body), None),
+                None => (UpstreamBody::Streamed(body), None),
             };
             let forwarded = self
                 .forward(&mut exchange, head, body, upgrade.is_some())
@@ -171,7 +171,7 @@ impl Proxy {
         &'a self,
         exchange: &'a mut Exchange,
         head: Parts,
-        body: Teed<Incoming>,
+        body: UpstreamBody,
         upgrade: bool,
     ) -> impl Future<Output = Result<Response<Incoming>, Unanswered>> + Send + 'a {
         async move {
@@ -181,7 +181,7 @@ impl Proxy {
                 route.fallback && exchange.target != 0 && !upgrade && is_replayable(&head);
             if !replayable {
                 let upstream = &exchange.target().backend;
-                let request = outbound(upstream, head, strip, Either::Left(body))?;
+                let request = outbound(upstream, head, strip, body)?;
                 return upstream.send(request).await.map_err(Unanswered::Failed);
             }
             let body = Limited::new(body, MAX_REPLAY_BODY as usize)
@@ -194,7 +194,7 @@ impl Proxy {
                 upstream,
                 headers::copy_head(&head),
                 strip,
-                Either::Right(Full::new(body.clone())),
+                UpstreamBody::Buffered(Full::new(body.clone())),
             )?;
             let err = match upstream.send(first).await {
                 Ok(response) => return Ok(response),
@@ -208,7 +208,7 @@ impl Proxy {
             exchange.target = 0;
             exchange.fell_back = true;
             let stable = &exchange.target().backend;
-            let replay = outbound(stable, head, strip, Either::Right(Full::new(body)))?;
+            let replay = outbound(stable, head, strip, UpstreamBody::Buffered(Full::new(body)))?;
             stable.send(replay).await.map_err(Unanswered::Failed)
         }
     }

@@ -15,12 +15,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use futures_util::future;
 use http::header::{HeaderValue, HOST};
 use http::uri::Authority;
 use http::{Method, Request, Response, Uri};
-use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,11 +26,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
-use crate::shadow::tee::Teed;
-
-/// Body of a request to a backend: streamed from the client (a shadow copy taken on the way,
-/// or not), or buffered for a replay or a copy.
-pub type UpstreamBody = Either<Teed<Incoming>, Full<Bytes>>;
+pub use crate::proxy::upstream_body::UpstreamBody;
 
 /// Idle connections older than this are closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -476,7 +470,7 @@ mod tests {
     use std::sync::mpsc;
 
     use bytes::Bytes;
-    use http_body_util::{BodyExt, Either, Full};
+    use http_body_util::{BodyExt, Full};
 
     use super::*;
 
@@ -508,7 +502,7 @@ mod tests {
 
     fn get(uri: &str) -> Request<UpstreamBody> {
         Request::get(uri)
-            .body(Either::Right(Full::new(Bytes::new())))
+            .body(UpstreamBody::Buffered(Full::new(Bytes::new())))
             .unwrap()
     }
 

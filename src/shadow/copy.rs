@@ -13,7 +13,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Either, Full};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
@@ -21,7 +21,7 @@ use super::live::{Sample, ShadowResult, Slot};
 use super::tee::{tee, TeeCopy, Teed};
 use super::verdict::{self, Answer, BodyDigest};
 use crate::error::ProxyError;
-use crate::proxy::upstream::Upstream;
+use crate::proxy::upstream::{Upstream, UpstreamBody};
 
 static X_CUTOVER_SHADOW: HeaderName = HeaderName::from_static("x-cutover-shadow");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -273,7 +273,7 @@ impl Copy {
             .uri_for(&self.head.uri, self.strip)
             .map_err(|_| ProxyError::BadTarget)?;
         head.version = upstream.version();
-        let request = Request::from_parts(head, Either::Right(Full::new(body)));
+        let request = Request::from_parts(head, UpstreamBody::Buffered(Full::new(body)));
         let response = upstream.send(request).await?;
         let (parts, mut incoming) = response.into_parts();
         let mut captured = BodyCapture::new(max_body);

@@ -14,14 +14,20 @@ pin_project_lite::pin_project! {
     pub struct Teed<B> {
         #[pin]
         inner: B,
-        max_body: usize,
-        // The bytes so far and where they go; `None` once there is nothing to copy.
-        copy: Option<(BytesMut, oneshot::Sender<Bytes>)>,
+        // `None` once there is nothing (more) to copy.
+        copy: Option<Box<Copying>>,
     }
 }
 
-/// The shadow side, a future: resolves to the whole body once the primary's has been read to its end, or
-/// to `None` when there is nothing to send (too large, cut short, or an error).
+/// The bytes so far and where they go.
+struct Copying {
+    kept: BytesMut,
+    max_body: usize,
+    to_shadow: oneshot::Sender<Bytes>,
+}
+
+/// The shadow side, a future: resolves to the whole body once the primary's has been read to
+/// its end, or to `None` when there is nothing to send (too large, cut short, or an error).
 pub struct TeeCopy(oneshot::Receiver<Bytes>);
 
 impl std::future::Future for TeeCopy {
@@ -40,25 +46,14 @@ pub fn tee<B: Body>(body: B, max_body: usize) -> (Teed<B>, TeeCopy) {
         let _ = to_shadow.send(Bytes::new());
         None
     } else {
-        Some((BytesMut::new(), to_shadow))
+        Some(Box::new(Copying {
+            kept: BytesMut::new(),
+            max_body,
+            to_shadow,
+        }))
     };
-    let teed = Teed {
-        inner: body,
-        max_body,
-        copy,
-    };
+    let teed = Teed { inner: body, copy };
     (teed, TeeCopy(copied))
-}
-
-impl<B> Teed<B> {
-    /// A body with no copy to take: every frame passes straight through.
-    pub fn plain(inner: B) -> Teed<B> {
-        Teed {
-            inner,
-            max_body: 0,
-            copy: None,
-        }
-    }
 }
 
 impl<B: Body<Data = Bytes>> Body for Teed<B> {
@@ -78,12 +73,12 @@ impl<B: Body<Data = Bytes>> Body for Teed<B> {
         let ended = frame.is_none() || this.inner.is_end_stream();
         match &frame {
             Some(Ok(frame)) => {
-                if let (Some(data), Some((copy, _))) = (frame.data_ref(), this.copy.as_mut()) {
-                    if copy.len() + data.len() > *this.max_body {
+                if let (Some(data), Some(copy)) = (frame.data_ref(), this.copy.as_mut()) {
+                    if copy.kept.len() + data.len() > copy.max_body {
                         // Too large to copy: the shadow side gets nothing.
                         *this.copy = None;
                     } else {
-                        copy.extend_from_slice(data);
+                        copy.kept.extend_from_slice(data);
                     }
                 }
             }
@@ -92,8 +87,8 @@ impl<B: Body<Data = Bytes>> Body for Teed<B> {
             None => {}
         }
         if ended {
-            if let Some((copy, to_shadow)) = this.copy.take() {
-                let _ = to_shadow.send(copy.freeze());
+            if let Some(copy) = this.copy.take() {
+                let _ = copy.to_shadow.send(copy.kept.freeze());
             }
         }
         Poll::Ready(frame)
