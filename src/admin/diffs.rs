@@ -101,12 +101,15 @@ impl Diffs {
         Some(Diffs {
             route: route.name.to_string(),
             shadow: ShadowSummary::of(route, shadow),
-            learned_noise: shadow
-                .state
-                .noise(|_| {})
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            learned_noise: match shadow.noise {
+                Some(_) => shadow
+                    .state
+                    .noise(|_| {})
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+                None => Vec::new(),
+            },
             samples: shadow.state.samples(),
         })
     }

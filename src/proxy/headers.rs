@@ -30,6 +30,11 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 const CONNECTION_BIT: u8 = 1 << 0;
 const TE_BIT: u8 = 1 << 1;
 
+/// Whether `name` is one of the fixed hop-by-hop fields (not counting those `Connection` names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_bit(name) != 0
+}
+
 /// The name's bit in a presence mask, 0 if not a fixed hop-by-hop name. Matching the string
 /// costs a length switch, where comparing `HeaderName`s in turn cost ~75 instructions a key.
 fn hop_by_hop_bit(name: &HeaderName) -> u8 {

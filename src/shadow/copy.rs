@@ -228,11 +228,14 @@ impl Copy {
         let Ok(Ok(primary)) = tokio::time::timeout_at(deadline, &mut self.primary).await else {
             return ShadowResult::Dropped;
         };
-        let learned = shadow.state.noise(|learned| {
-            if let Some(Ok(other)) = &noise {
+        // Learned noise applies while a noise instance teaches it.
+        let learned = match (&shadow.noise, &noise) {
+            (Some(_), Some(Ok(other))) => shadow.state.noise(|learned| {
                 verdict::learn_noise(learned, &primary, other, &shadow.compare);
-            }
-        });
+            }),
+            (Some(_), _) => shadow.state.noise(|_| {}),
+            (None, _) => Vec::new(),
+        };
         let found = verdict::differences(
             &primary,
             &candidate,
