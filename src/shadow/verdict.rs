@@ -128,23 +128,30 @@ fn same_headers(a: &HeaderMap, b: &HeaderMap, settings: &Settings) -> bool {
     if a.contains_key(TE) || b.contains_key(TE) {
         return false;
     }
-    let compared = |map: &HeaderMap, name: &HeaderName| {
+    let (a_named, b_named) = (connection_named(a), connection_named(b));
+    let compared = |named: &[String], name: &HeaderName| {
         name != CONTENT_LENGTH
             && !is_hop_by_hop(name)
             && !settings.ignore_headers.contains(name)
-            && !map.get_all(CONNECTION).iter().any(|value| {
-                value
-                    .to_str()
-                    .unwrap_or_default()
-                    .split(',')
-                    .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-            })
+            && !named.iter().any(|token| token == name.as_str())
     };
-    let count = |map: &HeaderMap| map.keys().filter(|name| compared(map, name)).count();
-    count(a) == count(b)
+    let count =
+        |map: &HeaderMap, named: &[String]| map.keys().filter(|name| compared(named, name)).count();
+    count(a, &a_named) == count(b, &b_named)
         && a.keys()
-            .filter(|name| compared(a, name))
-            .all(|name| compared(b, name) && a.get_all(name).iter().eq(b.get_all(name).iter()))
+            .filter(|name| compared(&a_named, name))
+            .all(|name| {
+                compared(&b_named, name) && a.get_all(name).iter().eq(b.get_all(name).iter())
+            })
+}
+
+/// The fields a message's `Connection` names, lower case.
+fn connection_named(map: &HeaderMap) -> Vec<String> {
+    map.get_all(CONNECTION)
+        .iter()
+        .flat_map(|value| value.to_str().unwrap_or_default().split(','))
+        .map(|token| token.trim().to_ascii_lowercase())
+        .collect()
 }
 
 /// Teaches `noise` from two stable answers to one request.
