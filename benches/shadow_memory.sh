@@ -44,8 +44,8 @@ trap 'exit 143' TERM
 [[ $COPIES =~ ^[0-9]+$ ]] && ((COPIES > 0 && COPIES <= 100000)) || die "COPIES must be 1..100000"
 for tool in nginx wrk curl python3; do command -v "$tool" >/dev/null || die "needs $tool"; done
 [[ -x $CUTOVER_BIN ]] || die "no binary at $CUTOVER_BIN (cargo build --release)"
-# The candidate holds one socket per copy, cutover one per copy and per client.
-ulimit -n $((COPIES * 2 + 4096)) 2>/dev/null || die "cannot raise the open file limit to $((COPIES * 2 + 4096))"
+# The candidate and cutover each hold one socket per copy (cutover one per client too).
+ulimit -n $((COPIES + 4096)) 2>/dev/null || die "cannot raise the open file limit to $((COPIES + 4096))"
 
 WORK=$(mktemp -d /tmp/cutover-shadow-memory.XXXXXX)
 chmod 755 "$WORK"

@@ -154,8 +154,12 @@ fn connection_named(map: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Teaches `noise` from two stable answers to one request.
+/// Teaches `noise` from two stable answers to one request. Two answers with different statuses
+/// teach nothing: one of the instances is failing, and learning from it would hide everything.
 pub fn learn_noise(noise: &mut Noise, stable: &Answer, other: &Answer, settings: &Settings) {
+    if stable.status != other.status {
+        return;
+    }
     let (a, b) = documents(stable, other, settings);
     noise.learn(&a, &b);
 }
@@ -471,5 +475,11 @@ mod tests {
             10,
         );
         assert_eq!(pointers(&found), ["/body/id"]);
+
+        // A failing second instance teaches nothing.
+        let mut noise = Noise::default();
+        let failing = answer(503, &[("x-trace", "9")], "down");
+        learn_noise(&mut noise, &stable("a", "1"), &failing, &settings);
+        assert!(noise.learned().is_empty());
     }
 }

@@ -83,6 +83,7 @@ routes:
       new: 50
     stable: legacy
     guard: { max_error_rate: 50, min_requests: 100000, window: 30s }
+    shadow: { to: new, percent: 100 }
 ${extraRoute}  - name: everything-else
     match:
       path_prefix: /
@@ -342,6 +343,21 @@ test('the page loads under its CSP and shows what /api/status says', { timeout: 
   // The catch-all route is listed too, in config order.
   const names = await page.$$eval('[data-route]', (cards) => cards.map((c) => c.dataset.route));
   assert.deepEqual(names, status.routes.map((r) => r.name));
+});
+
+test('a shadowed route shows its results and links to its samples', { timeout: 20000 }, async () => {
+  const { page } = env;
+  const line = route('checkout') + ' .shadow';
+  // legacy and new answer differently, so every copy is a mismatch.
+  await page.waitForFunction((sel) => /% match of \d+ compared · mismatch [1-9]/.test(
+    document.querySelector(sel).textContent), line, { timeout: 10000 });
+  assert.match(await page.textContent(line), /^Shadow: 100% of GET\/HEAD copied to new — /);
+  assert.ok(await page.isVisible(line));
+  assert.equal(await page.getAttribute(line + ' a', 'href'), '/api/routes/checkout/diffs');
+  assert.equal(await page.isVisible(route('everything-else') + ' .shadow'), false);
+  const diffs = await request(env.admin, 'GET', '/api/routes/checkout/diffs');
+  assert.equal(diffs.status, 200);
+  assert.ok(JSON.parse(diffs.body).samples.length > 0);
 });
 
 test('sparklines fill from the samples the page keeps', { timeout: 20000 }, async () => {
