@@ -19,7 +19,7 @@ use serde_json::Value;
 /// About 10 KiB of orders; `reordered` writes every object's keys in another order and the
 /// totals as exponents, `changed` alters one total.
 fn orders(reordered: bool, changed: bool) -> String {
-    let items: Vec<String> = (0..60)
+    let items: Vec<String> = (0..100)
         .map(|i| {
             let total = if changed && i == 42 {
                 "99.99".to_owned()
@@ -50,7 +50,7 @@ fn orders(reordered: bool, changed: bool) -> String {
             )
         })
         .collect();
-    format!(r#"{{"orders": [{}], "count": 60}}"#, items.join(", "))
+    format!(r#"{{"orders": [{}], "count": 100}}"#, items.join(", "))
 }
 
 fn answer(body: &str, content_type: &'static str) -> Answer {

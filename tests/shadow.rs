@@ -643,3 +643,34 @@ async fn credentials_and_ignored_headers_are_never_kept() {
     let (status, _, body) = get(cutover.admin, "/api/routes/elsewhere/diffs", &[]).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 }
+
+#[tokio::test]
+async fn large_json_answers_are_compared_structurally_too() {
+    // About 16 KiB each, together past what is compared inline: the blocking pool compares them.
+    let document = |total: &str| {
+        let items: Vec<String> = (0..400)
+            .map(|i| format!(r#"{{"id": {i}, "sku": "SKU-{i:05}", "qty": 1}}"#))
+            .collect();
+        format!(r#"{{"items": [{}], "total": {total}}}"#, items.join(", "))
+    };
+    let legacy = Scripted::start(move |_, _| (200, JSON, document("10"))).await;
+    let v2 = Scripted::start(move |seen, _| {
+        let total = if seen.target == "/differs" {
+            "11"
+        } else {
+            "1e1"
+        };
+        (200, JSON, document(total))
+    })
+    .await;
+    let cutover = Cutover::start(&config(&legacy.url(), &v2.url(), &[], ""));
+    let (_, _, body) = get(cutover.proxy, "/same", &[]).await;
+    assert!(body.len() > 12 * 1024);
+    assert_eq!(wait_for_result(&cutover, "match", 1.0).await, 1.0);
+    get(cutover.proxy, "/differs", &[]).await;
+    assert_eq!(wait_for_result(&cutover, "mismatch", 1.0).await, 1.0);
+    assert_eq!(
+        diffs(&cutover).await["samples"][0]["differences"][0],
+        serde_json::json!({"pointer": "/body/total", "primary": "10", "candidate": "11"})
+    );
+}

@@ -17,7 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
-use super::live::{Sample, ShadowResult, Slot};
+use super::compare::Differences;
+use super::live::{LiveShadow, Sample, ShadowResult, Slot};
 use super::tee::{tee, TeeCopy, Teed};
 use super::verdict::{self, Answer, BodyDigest};
 use crate::error::ProxyError;
@@ -28,6 +29,9 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Differences kept per sample; all are counted.
 const DIFFERENCES_PER_SAMPLE: usize = 20;
+/// Bodies up to this much, together, are compared on the copy's task (tens of microseconds);
+/// larger ones on the blocking pool.
+const INLINE_COMPARE_BYTES: usize = 16 * 1024;
 
 /// Starts a copy of the request whose rewritten `head` is about to go to stable with `body`.
 /// Returns the body to send to stable and the tap for stable's answer.
@@ -232,21 +236,23 @@ impl Copy {
         let Ok(Ok(primary)) = tokio::time::timeout_at(deadline, &mut self.primary).await else {
             return ShadowResult::Dropped;
         };
-        // Learned noise applies while a noise instance teaches it.
-        let learned = match (&shadow.noise, &noise) {
-            (Some(_), Some(Ok(other))) => shadow.state.noise(|learned| {
-                verdict::learn_noise(learned, &primary, other, &shadow.compare);
-            }),
-            (Some(_), _) => shadow.state.noise(|_| {}),
-            (None, _) => Vec::new(),
+        let statuses = (primary.status.as_u16(), candidate.status.as_u16());
+        let noise = noise.and_then(Result::ok);
+        let weight = primary.body.compared_bytes() + candidate.body.compared_bytes();
+        let found = if weight <= INLINE_COMPARE_BYTES {
+            judge(shadow, &primary, &candidate, noise.as_ref())
+        } else {
+            // Parsing and walking two large documents takes milliseconds: off the workers
+            // that serve requests.
+            let shadow = self.slot.shared();
+            let judged = tokio::task::spawn_blocking(move || {
+                judge(&shadow, &primary, &candidate, noise.as_ref())
+            });
+            match judged.await {
+                Ok(found) => found,
+                Err(_) => return ShadowResult::Error,
+            }
         };
-        let found = verdict::differences(
-            &primary,
-            &candidate,
-            &shadow.compare,
-            &learned,
-            DIFFERENCES_PER_SAMPLE,
-        );
         if found.is_empty() {
             return ShadowResult::Match;
         }
@@ -257,8 +263,8 @@ impl Copy {
                     method: self.sample.method.to_string(),
                     path: self.sample.path.clone(),
                     request_id: self.sample.request_id.clone(),
-                    primary_status: primary.status.as_u16(),
-                    candidate_status: candidate.status.as_u16(),
+                    primary_status: statuses.0,
+                    candidate_status: statuses.1,
                     differences_total: found.count,
                     differences: found.kept,
                 },
@@ -267,7 +273,33 @@ impl Copy {
         }
         ShadowResult::Mismatch
     }
+}
 
+/// The differences between stable's and the candidate's answers, after learning from the noise
+/// instance's answer (learned noise applies while a noise instance teaches it).
+fn judge(
+    shadow: &LiveShadow,
+    primary: &Answer,
+    candidate: &Answer,
+    noise: Option<&Answer>,
+) -> Differences {
+    let learned = match (&shadow.noise, noise) {
+        (Some(_), Some(other)) => shadow.state.noise(|learned| {
+            verdict::learn_noise(learned, primary, other, &shadow.compare);
+        }),
+        (Some(_), None) => shadow.state.noise(|_| {}),
+        (None, _) => Vec::new(),
+    };
+    verdict::differences(
+        primary,
+        candidate,
+        &shadow.compare,
+        &learned,
+        DIFFERENCES_PER_SAMPLE,
+    )
+}
+
+impl Copy {
     /// Sends the copy to `upstream` and reads its whole answer.
     async fn fetch(
         &self,

@@ -233,6 +233,11 @@ impl Slot {
     pub fn shadow(&self) -> &LiveShadow {
         &self.shadow
     }
+
+    /// The shadow, for work that must own it (a comparison on the blocking pool).
+    pub fn shared(&self) -> Arc<LiveShadow> {
+        self.shadow.clone()
+    }
 }
 
 impl Drop for Slot {

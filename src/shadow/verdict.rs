@@ -60,6 +60,14 @@ impl BodyDigest {
 }
 
 impl Body {
+    /// Bytes a comparison may have to parse: those of a whole body (a digest is compared as is).
+    pub fn compared_bytes(&self) -> usize {
+        match self {
+            Body::Full(bytes) => bytes.len(),
+            Body::Digest { .. } => 0,
+        }
+    }
+
     /// Length and digest, whichever way the body was kept.
     fn fingerprint(&self) -> (u64, [u8; 32]) {
         match self {
