@@ -265,7 +265,9 @@ fn pick<B>(
     let target = bucket.map_or(0, |bucket| route.target_for_bucket(bucket));
     // Only what stable serves is copied: the candidate's answer is compared with stable's.
     let copy = match (&route.shadow, bucket) {
-        (Some(shadow), Some(bucket)) if target == 0 && shadow.wants(bucket, req.method()) => {
+        (Some(shadow), Some(bucket))
+            if target == 0 && shadow.wants(bucket, route.stable().upper_bucket, req.method()) =>
+        {
             Some(shadow.clone())
         }
         _ => None,

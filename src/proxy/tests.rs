@@ -257,3 +257,29 @@ fn responses_that_could_be_read_two_ways_are_refused() {
     let asked = Response::builder().status(101).body(()).unwrap();
     assert!(valid_response(&asked, true).is_ok());
 }
+
+#[test]
+fn percent_is_of_the_requests_stable_serves_and_follows_the_sticky_key() {
+    let snapshot = Arc::new(compile_for_test(
+        "backends:\n  legacy: { url: \"http://127.0.0.1:9\" }\n  v2: { url: \"http://127.0.0.1:10\" }\n\
+         routes:\n  - name: api\n    match: { path_prefix: / }\n    split: { legacy: 50, v2: 50 }\n\
+         \x20   sticky: { header: x-user }\n    shadow: { to: v2, percent: 10 }\n",
+    ));
+    let ip = std::net::IpAddr::from([127, 0, 0, 1]);
+    let decide = |user: &str| {
+        let req = Request::get("/x").header("x-user", user).body(()).unwrap();
+        let (exchange, copy) = pick(snapshot.clone(), &req, None, ip, Instant::now()).unwrap();
+        (exchange.target, copy.is_some())
+    };
+    let (mut stable, mut copied) = (0, 0);
+    for i in 0..4000 {
+        let user = format!("user-{i}");
+        let (target, copy) = decide(&user);
+        assert_eq!(decide(&user), (target, copy), "{user}: the same every time");
+        assert!(!copy || target == 0, "{user}: only what stable serves is copied");
+        stable += usize::from(target == 0);
+        copied += usize::from(copy);
+    }
+    let share = copied as f64 / stable as f64;
+    assert!((0.07..0.13).contains(&share), "{copied} of {stable} stable requests copied");
+}

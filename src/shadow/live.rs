@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::compare::{Difference, Noise, PointerPattern};
 use super::verdict::Settings;
+use crate::bucket::BUCKETS;
 use crate::config::ShadowSpec;
 use crate::proxy::upstream::Upstream;
 use crate::telemetry::SHADOW_REQUESTS_TOTAL;
@@ -162,7 +163,8 @@ pub struct LiveShadow {
     pub candidate: Arc<Upstream>,
     /// A second stable instance whose answers teach the noise.
     pub noise: Option<Arc<Upstream>>,
-    /// Configured share of eligible requests, in basis points: those in buckets below it.
+    /// Configured share of eligible requests (those stable serves, with a listed method), in
+    /// basis points.
     pub share: u32,
     methods: Vec<Method>,
     pub max_body: usize,
@@ -197,11 +199,13 @@ impl LiveShadow {
         &self.methods
     }
 
-    /// Whether a request stable serves, in `bucket`, is one to copy. With a sticky key the
+    /// Whether a request stable serves, in `bucket`, is one to copy: stable owns the buckets
+    /// below `stable_upper`, and the lowest `share` of those are copied. With a sticky key the
     /// bucket is the user's, so the same users are copied every time.
     #[inline]
-    pub fn wants(&self, bucket: u16, method: &Method) -> bool {
-        u32::from(bucket) < self.share && self.methods.contains(method)
+    pub fn wants(&self, bucket: u16, stable_upper: u16, method: &Method) -> bool {
+        u32::from(bucket) * BUCKETS < self.share * u32::from(stable_upper)
+            && self.methods.contains(method)
     }
 
     /// A place for one more copy, or `None` (counted) when the candidate is down or
