@@ -385,7 +385,7 @@ fn check_validates_shadow_and_warns_about_copied_writes() {
         "routes[0].shadow.to: \"legacy\" is this route's stable backend",
         "routes[0].shadow.percent:",
         "routes[0].shadow.max_body: is not a size like 1MiB",
-        "routes[0].shadow.max_inflight: must be from 1 to 100000",
+        "routes[0].shadow.max_inflight: must be from 1 to 10000",
         "routes[0].shadow.compare.ignore_headers[0]: \"bad header\" is not a header name",
         "routes[0].shadow.compare.ignore_json[0]: \"meta\" is not a JSON pointer",
         "routes[0].shadow.compare.noise: unknown backend \"nowhere\"",

@@ -170,7 +170,10 @@ async fn identical_answers_match_and_the_copy_carries_the_shadow_header_and_requ
     .await;
     let cutover = Cutover::start(&config(&legacy.url(), &v2.url(), &[], ""));
     for i in 0..20 {
-        let (status, _, body) = get(cutover.proxy, &format!("/orders/{i}?user=u{i}"), &[]).await;
+        // A client cannot pass a real request off as a copy: cutover removes the mark.
+        let forged = [("x-cutover-shadow", "1")];
+        let (status, _, body) =
+            get(cutover.proxy, &format!("/orders/{i}?user=u{i}"), &forged).await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             body.contains(r#""total": 12.5"#),
@@ -673,4 +676,100 @@ async fn large_json_answers_are_compared_structurally_too() {
         diffs(&cutover).await["samples"][0]["differences"][0],
         serde_json::json!({"pointer": "/body/total", "primary": "10", "candidate": "11"})
     );
+}
+
+#[tokio::test]
+async fn a_noise_instance_gets_no_writes_and_a_slow_one_costs_the_comparison_nothing() {
+    let legacy = Scripted::start(|seen, _| order(&seen.target, "1", 1)).await;
+    let v2 = Scripted::start(|seen, _| order(&seen.target, "1", 1)).await;
+    let legacy_b = Scripted::start(|seen, _| order(&seen.target, "1", 1)).await;
+    let cutover = Cutover::start(&config(
+        &legacy.url(),
+        &v2.url(),
+        &[("legacy-b", legacy_b.url())],
+        "      methods: [GET, POST]\n      compare: { noise: legacy-b }\n",
+    ));
+    send(
+        &client(),
+        cutover.proxy,
+        "POST",
+        "/orders",
+        &[],
+        Bytes::from_static(b"{}"),
+    )
+    .await;
+    get(cutover.proxy, "/orders", &[]).await;
+    assert_eq!(wait_for_result(&cutover, "match", 2.0).await, 2.0);
+    let methods = |seen: Vec<Seen>| seen.into_iter().map(|s| s.method).collect::<Vec<_>>();
+    assert_eq!(methods(v2.seen()), ["POST", "GET"]);
+    assert_eq!(
+        methods(legacy_b.seen()),
+        ["GET"],
+        "the POST was not sent to the noise instance"
+    );
+    drop(cutover);
+
+    let (stuck, _task) = stalled().await;
+    let cutover = Cutover::start(&config(
+        &legacy.url(),
+        &v2.url(),
+        &[("legacy-b", format!("http://{stuck}"))],
+        "      timeout: 500ms\n      compare: { noise: legacy-b }\n",
+    ));
+    for _ in 0..3 {
+        get(cutover.proxy, "/orders", &[]).await;
+    }
+    assert_eq!(wait_for_result(&cutover, "match", 3.0).await, 3.0);
+    assert_eq!(wait_for_result(&cutover, "timeout", 0.0).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_copy_whose_request_body_is_not_whole_within_timeout_is_dropped() {
+    let legacy =
+        Scripted::start(|seen, _| (200, "text/plain", format!("{} bytes", seen.body.len()))).await;
+    let v2 =
+        Scripted::start(|seen, _| (200, "text/plain", format!("{} bytes", seen.body.len()))).await;
+    let cutover = Cutover::start(&config(
+        &legacy.url(),
+        &v2.url(),
+        &[],
+        "      methods: [POST]\n      timeout: 300ms\n",
+    ));
+    // Four chunks, 200 ms apart: the whole body takes longer than the copy may.
+    let (sender, receiver) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, Infallible>>(1);
+    tokio::spawn(async move {
+        for _ in 0..4 {
+            let chunk = http_body::Frame::data(Bytes::from_static(b"0123456789"));
+            if sender.send(Ok(chunk)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let slow = http_body_util::StreamBody::new(tokio_stream_from(receiver));
+    let chunked = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::StreamBody<_>>();
+    let response = chunked
+        .request(
+            Request::post(format!("http://{}/upload", cutover.proxy))
+                .body(slow)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let answer = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        answer, "40 bytes",
+        "stable gets the whole body, at the client's pace"
+    );
+    assert_eq!(wait_for_result(&cutover, "dropped", 1.0).await, 1.0);
+    assert!(v2.seen().is_empty(), "no copy was sent");
+}
+
+/// A stream of what `receiver` yields.
+fn tokio_stream_from<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }

@@ -104,13 +104,19 @@ impl Diffs {
             learned_noise: match shadow.noise {
                 Some(_) => shadow
                     .state
-                    .noise(|_| {})
+                    .learned()
                     .iter()
                     .map(ToString::to_string)
                     .collect(),
                 None => Vec::new(),
             },
-            samples: shadow.state.samples(),
+            // A lowered `samples` shows at once, not at the next mismatch.
+            samples: shadow
+                .state
+                .samples()
+                .into_iter()
+                .take(shadow.samples)
+                .collect(),
         })
     }
 

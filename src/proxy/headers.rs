@@ -17,8 +17,10 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The fixed hop-by-hop fields; bit `i` of a presence mask stands for `HOP_BY_HOP[i]`.
-static HOP_BY_HOP: [HeaderName; 7] = [
+/// The fixed hop-by-hop fields; bit `i` of a presence mask stands for `HOP_BY_HOP[i]`. The last
+/// is cutover's own: only cutover marks a request as a shadow copy, so a client must not be
+/// able to pass a real request off as one (a backend may skip side effects for copies).
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     TE,
     TRANSFER_ENCODING,
@@ -26,6 +28,7 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     TRAILER,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("x-cutover-shadow"),
 ];
 const CONNECTION_BIT: u8 = 1 << 0;
 const TE_BIT: u8 = 1 << 1;
@@ -46,12 +49,13 @@ fn hop_by_hop_bit(name: &HeaderName) -> u8 {
         "trailer" => 1 << 4,
         "keep-alive" => 1 << 5,
         "proxy-connection" => 1 << 6,
+        "x-cutover-shadow" => 1 << 7,
         _ => 0,
     }
 }
 
 /// Removes the fields that describe one connection rather than the message: the fixed
-/// hop-by-hop set and every field named in `Connection`. `TE: trailers` survives because
+/// hop-by-hop set (and `x-cutover-shadow`) and every field named in `Connection`. `TE: trailers` survives because
 /// gRPC over HTTP/2 needs it end to end. `Host` is never removed, whatever `Connection` says.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Each `remove` hashes (and, for a `&str`, parses) its name, so only names present are

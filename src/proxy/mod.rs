@@ -119,8 +119,8 @@ impl Proxy {
             };
             let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
             let slot = match copy {
-                Some(shadow) if upgrade.is_none() && fits(&req, shadow.max_body) => {
-                    shadow.admit(started)
+                Some(shadow) if upgrade.is_none() => {
+                    shadow.admit(started, fits(&req, shadow.max_body))
                 }
                 _ => None,
             };
@@ -378,7 +378,10 @@ fn respond(
             as Pin<Box<dyn Future<Output = ()> + Send>>
     });
     let status = response.status();
-    let capture = tap.map(|tap| tap.capture(status, response.headers()));
+    let capture = tap.map(|tap| {
+        let length = http_body::Body::size_hint(response.body()).exact();
+        tap.capture(status, response.headers(), length)
+    });
     response.map(|body| {
         ResponseBody::Relayed(Relayed::new(body, exchange, status, trips, cut, capture))
     })

@@ -276,10 +276,16 @@ fn percent_is_of_the_requests_stable_serves_and_follows_the_sticky_key() {
         let user = format!("user-{i}");
         let (target, copy) = decide(&user);
         assert_eq!(decide(&user), (target, copy), "{user}: the same every time");
-        assert!(!copy || target == 0, "{user}: only what stable serves is copied");
+        assert!(
+            !copy || target == 0,
+            "{user}: only what stable serves is copied"
+        );
         stable += usize::from(target == 0);
         copied += usize::from(copy);
     }
     let share = copied as f64 / stable as f64;
-    assert!((0.07..0.13).contains(&share), "{copied} of {stable} stable requests copied");
+    assert!(
+        (0.07..0.13).contains(&share),
+        "{copied} of {stable} stable requests copied"
+    );
 }

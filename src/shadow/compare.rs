@@ -11,6 +11,8 @@ use serde_json::{Number, Value};
 
 /// Bytes of each value kept in a [`Difference`].
 pub const VALUE_LIMIT: usize = 200;
+/// Bytes of a kept pointer: keys come from the answers, and may be long.
+const POINTER_LIMIT: usize = 512;
 
 /// A place to ignore, from `compare.ignore_json`: a JSON pointer whose `*` tokens stand for any
 /// one object key or array index (`/items/*/etag`). A key that is literally `*` cannot be named.
@@ -54,6 +56,11 @@ impl PointerPattern {
         let mut tokens = vec![Token::Exact(key.to_owned())];
         tokens.extend(self.tokens.iter().cloned());
         PointerPattern { tokens }
+    }
+
+    /// Tokens in the pointer: 1 for `/status`, 2 for `/body/total`.
+    pub fn depth(&self) -> usize {
+        self.tokens.len()
     }
 
     fn matches(&self, path: &[(String, bool)]) -> bool {
@@ -169,16 +176,14 @@ impl Noise {
 
     /// Learns from two stable answers to one request; returns how many places were new.
     pub fn learn(&mut self, stable: &Value, other_stable: &Value) -> usize {
-        let mut walk = Walk {
-            ignore: &self.learned,
-            keep: 0,
-            path: Vec::new(),
-            found: Differences::default(),
-            varying: Some(Vec::new()),
-        };
-        walk.compare(Some(stable), Some(other_stable));
+        let places = varying_places(stable, other_stable, &self.learned);
+        self.add(places)
+    }
+
+    /// Adds places found by [`varying_places`]; returns how many were new.
+    pub fn add(&mut self, places: Vec<PointerPattern>) -> usize {
         let mut new = 0;
-        for pattern in walk.varying.unwrap_or_default() {
+        for pattern in places {
             if self.learned.len() >= Self::LIMIT {
                 break;
             }
@@ -198,6 +203,25 @@ impl Noise {
     pub fn is_full(&self) -> bool {
         self.learned.len() >= Self::LIMIT
     }
+}
+
+/// The places where two stable answers differ, beyond the `known` ones, as patterns (array
+/// indices as `*`): only values both answers have and that are plain values in both, since a
+/// missing key, an array of another length or a whole document would hide everything beneath.
+pub fn varying_places(
+    stable: &Value,
+    other_stable: &Value,
+    known: &[PointerPattern],
+) -> Vec<PointerPattern> {
+    let mut walk = Walk {
+        ignore: known,
+        keep: 0,
+        path: Vec::new(),
+        found: Differences::default(),
+        varying: Some(Vec::new()),
+    };
+    walk.compare(Some(stable), Some(other_stable));
+    walk.varying.unwrap_or_default()
 }
 
 struct Walk<'a> {
@@ -245,7 +269,16 @@ impl Walk<'_> {
 
     fn differ(&mut self, primary: Option<&Value>, candidate: Option<&Value>) {
         self.found.count += 1;
-        if let Some(varying) = self.varying.as_mut().filter(|v| v.len() < Noise::LIMIT) {
+        // See `varying_places` for what is learned.
+        let scalar = |value: Option<&Value>| {
+            value.is_some_and(|v| !matches!(v, Value::Object(_) | Value::Array(_)))
+        };
+        let learnable = !self.path.is_empty() && scalar(primary) && scalar(candidate);
+        if let Some(varying) = self
+            .varying
+            .as_mut()
+            .filter(|v| learnable && v.len() < Noise::LIMIT)
+        {
             let tokens = self.path.iter().map(|(key, index)| match index {
                 true => Token::Any,
                 false => Token::Exact(key.clone()),
@@ -258,11 +291,12 @@ impl Walk<'_> {
             }
         }
         if self.found.kept.len() < self.keep {
-            let pointer = self
+            let pointer: String = self
                 .path
                 .iter()
                 .map(|(step, _)| format!("/{}", escape(step)))
                 .collect();
+            let pointer = cut(pointer, POINTER_LIMIT);
             self.found.kept.push(Difference {
                 pointer,
                 primary: primary.map(render),
@@ -285,13 +319,16 @@ fn same_number(a: &Number, b: &Number) -> bool {
     }
 }
 
-/// A value as compact JSON, cut to at most [`VALUE_LIMIT`] bytes (an ellipsis included) at a
-/// character boundary.
+/// A value as compact JSON, cut to at most [`VALUE_LIMIT`] bytes.
 fn render(value: &Value) -> String {
+    cut(value.to_string(), VALUE_LIMIT)
+}
+
+/// `text` cut to at most `limit` bytes, an ellipsis included, at a character boundary.
+fn cut(mut text: String, limit: usize) -> String {
     const CUT: char = '…';
-    let mut text = value.to_string();
-    if text.len() > VALUE_LIMIT {
-        let mut end = VALUE_LIMIT - CUT.len_utf8();
+    if text.len() > limit {
+        let mut end = limit - CUT.len_utf8();
         while !text.is_char_boundary(end) {
             end -= 1;
         }

@@ -27,6 +27,14 @@ use crate::proxy::upstream::{Upstream, UpstreamBody};
 static X_CUTOVER_SHADOW: HeaderName = HeaderName::from_static("x-cutover-shadow");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Methods that do not write (RFC 9110, 9.2.1): the only ones a noise instance gets.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
 /// Differences kept per sample; all are counted.
 const DIFFERENCES_PER_SAMPLE: usize = 20;
 /// Bodies up to this much, together, are compared on the copy's task (tens of microseconds);
@@ -42,6 +50,8 @@ pub fn start(
     body: Incoming,
 ) -> (Teed<Incoming>, PrimaryTap) {
     let max_body = slot.shadow().max_body;
+    // The whole copy, from here to the end of the candidate's answer, is bounded by `timeout`.
+    let deadline = tokio::time::Instant::now() + slot.shadow().timeout;
     let (teed, body_copy) = tee(body, max_body);
     let (to_copy, primary) = oneshot::channel();
     let mut copy_head = crate::proxy::headers::copy_head(head);
@@ -62,6 +72,7 @@ pub fn start(
         strip,
         body: body_copy,
         primary,
+        deadline,
         slot,
     };
     tokio::spawn(copy.run());
@@ -70,28 +81,57 @@ pub fn start(
 
 /// Where stable's answer goes once its body has streamed to the client.
 pub struct PrimaryTap {
-    to_copy: oneshot::Sender<Answer>,
+    to_copy: oneshot::Sender<Kept>,
     max_body: usize,
 }
 
 impl PrimaryTap {
-    /// Starts keeping stable's answer, whose head is `status` and `headers`.
-    pub fn capture(self, status: StatusCode, headers: &HeaderMap) -> Box<PrimaryCapture> {
+    /// Starts keeping stable's answer, whose head is `status` and `headers`, and whose body
+    /// is `length` bytes when the head says so.
+    pub fn capture(
+        self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        length: Option<u64>,
+    ) -> Box<PrimaryCapture> {
+        let mut body = BodyCapture::new(self.max_body);
+        if length.is_some_and(|length| length > self.max_body as u64) {
+            // Hashed frame by frame from the first: no burst when the limit is passed.
+            body.digest = Some(BodyDigest::default());
+        }
         Box::new(PrimaryCapture {
-            status,
-            headers: headers.clone(),
-            body: BodyCapture::new(self.max_body),
+            kept: Kept {
+                status,
+                headers: headers.clone(),
+                body,
+            },
             to_copy: self.to_copy,
         })
     }
 }
 
-/// Stable's answer, kept frame by frame as it is relayed.
+/// Stable's answer, kept frame by frame as it is relayed. Only what must happen as the frames
+/// pass happens here; the rest (joining the frames) is left to the copy's task.
 pub struct PrimaryCapture {
+    kept: Kept,
+    to_copy: oneshot::Sender<Kept>,
+}
+
+/// Stable's answer as kept, before it is made an [`Answer`].
+struct Kept {
     status: StatusCode,
     headers: HeaderMap,
     body: BodyCapture,
-    to_copy: oneshot::Sender<Answer>,
+}
+
+impl Kept {
+    fn answer(self) -> Answer {
+        Answer {
+            status: self.status,
+            headers: self.headers,
+            body: self.body.finish(),
+        }
+    }
 }
 
 impl PrimaryCapture {
@@ -100,23 +140,14 @@ impl PrimaryCapture {
         if self.to_copy.is_closed() {
             return false;
         }
-        self.body.push(data);
+        self.kept.body.push(data);
         true
     }
 
     /// The body is complete: the answer goes to the copy.
     pub fn finish(self: Box<Self>) {
-        let PrimaryCapture {
-            status,
-            headers,
-            body,
-            to_copy,
-        } = *self;
-        let _ = to_copy.send(Answer {
-            status,
-            headers,
-            body: body.finish(),
-        });
+        let PrimaryCapture { kept, to_copy } = *self;
+        let _ = to_copy.send(kept);
     }
 }
 
@@ -186,7 +217,8 @@ struct Copy {
     head: Parts,
     strip: usize,
     body: TeeCopy,
-    primary: oneshot::Receiver<Answer>,
+    primary: oneshot::Receiver<Kept>,
+    deadline: tokio::time::Instant,
     sample: SampleHead,
 }
 
@@ -198,29 +230,34 @@ impl Copy {
 
     async fn compare(&mut self) -> ShadowResult {
         let shadow = self.slot.shadow();
-        let Some(body) = (&mut self.body).await else {
-            // Larger than max_body, or the client's body failed or was not read to its end.
+        let deadline = self.deadline;
+        let Ok(Some(body)) = tokio::time::timeout_at(deadline, &mut self.body).await else {
+            // Larger than max_body, the client's body failed, was not read to its end, or did
+            // not arrive within `timeout`.
             return ShadowResult::Dropped;
         };
-        let deadline = tokio::time::Instant::now() + shadow.timeout;
         // Boxed: an exchange with a backend is a future of kilobytes, and without the boxes
         // spawning a copy moved three of them several times (measured with callgrind).
-        let candidate = Box::pin(self.fetch(&shadow.candidate, body.clone(), shadow.max_body));
+        let candidate = tokio::time::timeout_at(
+            deadline,
+            Box::pin(self.fetch(&shadow.candidate, body.clone(), shadow.max_body)),
+        );
+        // A noise instance is a stable one: it gets no writes, and a slow or failing one only
+        // means nothing is learned from this request.
         let noise = async {
             match &shadow.noise {
-                Some(noise) => {
-                    Some(Box::pin(self.fetch(noise, body.clone(), shadow.max_body)).await)
+                Some(noise) if is_safe(&self.sample.method) => {
+                    let fetch = Box::pin(self.fetch(noise, body.clone(), shadow.max_body));
+                    tokio::time::timeout_at(deadline, fetch).await.ok()?.ok()
                 }
-                None => None,
+                _ => None,
             }
         };
-        let (candidate, noise) =
-            tokio::time::timeout_at(deadline, async { tokio::join!(candidate, noise) })
-                .await
-                .unwrap_or((Err(ProxyError::Timeout), None));
+        let (candidate, noise) = tokio::join!(candidate, noise);
         let candidate = match candidate {
-            Ok(answer) => answer,
-            Err(err) => {
+            Ok(Ok(answer)) => answer,
+            Err(_) => return ShadowResult::Timeout,
+            Ok(Err(err)) => {
                 tracing::debug!(backend = %shadow.candidate.name, error = ?err, "shadow copy failed");
                 if matches!(err, ProxyError::Connect(_) | ProxyError::ConnectTimeout) {
                     shadow.state.candidate_down();
@@ -236,9 +273,11 @@ impl Copy {
         let Ok(Ok(primary)) = tokio::time::timeout_at(deadline, &mut self.primary).await else {
             return ShadowResult::Dropped;
         };
+        let primary = primary.answer();
         let statuses = (primary.status.as_u16(), candidate.status.as_u16());
-        let noise = noise.and_then(Result::ok);
-        let weight = primary.body.compared_bytes() + candidate.body.compared_bytes();
+        let weight = primary.body.compared_bytes()
+            + candidate.body.compared_bytes()
+            + noise.as_ref().map_or(0, |n| n.body.compared_bytes());
         let found = if weight <= INLINE_COMPARE_BYTES {
             judge(shadow, &primary, &candidate, noise.as_ref())
         } else {
@@ -284,10 +323,17 @@ fn judge(
     noise: Option<&Answer>,
 ) -> Differences {
     let learned = match (&shadow.noise, noise) {
-        (Some(_), Some(other)) => shadow.state.noise(|learned| {
-            verdict::learn_noise(learned, primary, other, &shadow.compare);
-        }),
-        (Some(_), None) => shadow.state.noise(|_| {}),
+        (Some(_), Some(other)) => {
+            let known = shadow.state.learned();
+            // The documents are built and walked outside the lock.
+            let places = verdict::noise_places(primary, other, &shadow.compare, &known);
+            if places.is_empty() {
+                known
+            } else {
+                shadow.state.learn(places)
+            }
+        }
+        (Some(_), None) => shadow.state.learned(),
         (None, _) => Vec::new(),
     };
     verdict::differences(

@@ -37,8 +37,8 @@ pub enum ShadowResult {
     Error = 2,
     /// The candidate's answer was not complete within `timeout`.
     Timeout = 3,
-    /// Not compared: past `max_inflight`, a request body past `max_body`, or no complete
-    /// answer from stable within `timeout`.
+    /// Not compared: past `max_inflight`, a request body past `max_body` or not whole within
+    /// `timeout`, or no complete answer from stable within `timeout`.
     Dropped = 4,
 }
 
@@ -136,10 +136,16 @@ impl ShadowState {
         samples.iter().cloned().collect()
     }
 
-    /// Runs `learn` on the route's noise and returns what it holds afterwards.
-    pub fn noise(&self, learn: impl FnOnce(&mut Noise)) -> Vec<PointerPattern> {
+    /// The places learned as noise so far.
+    pub fn learned(&self) -> Vec<PointerPattern> {
+        let noise = self.noise.lock().unwrap_or_else(PoisonError::into_inner);
+        noise.learned().to_vec()
+    }
+
+    /// Adds `places` (found outside the lock) to the noise and returns all it holds.
+    pub fn learn(&self, places: Vec<PointerPattern>) -> Vec<PointerPattern> {
         let mut noise = self.noise.lock().unwrap_or_else(PoisonError::into_inner);
-        learn(&mut noise);
+        noise.add(places);
         noise.learned().to_vec()
     }
 
@@ -208,11 +214,15 @@ impl LiveShadow {
             && self.methods.contains(method)
     }
 
-    /// A place for one more copy, or `None` (counted) when the candidate is down or
-    /// `max_inflight` copies are in flight.
+    /// A place for one more copy, or `None` (counted) when the request body is known to be
+    /// over `max_body`, the candidate is down or `max_inflight` copies are in flight.
     #[inline]
-    pub fn admit(self: &Arc<Self>, now: Instant) -> Option<Slot> {
+    pub fn admit(self: &Arc<Self>, now: Instant, body_fits: bool) -> Option<Slot> {
         let state = &self.state;
+        if !body_fits {
+            state.record(ShadowResult::Dropped);
+            return None;
+        }
         if state.is_down(now) {
             state.record(ShadowResult::Error);
             return None;

@@ -9,12 +9,14 @@
 //! here as its length and SHA-256 ([`BodyDigest`], computed while it streams).
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, TE};
+use http::header::{HeaderMap, HeaderName, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TE};
 use http::StatusCode;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::compare::{json_differences, Difference, Differences, Noise, PointerPattern};
+use super::compare::{
+    json_differences, varying_places, Difference, Differences, Noise, PointerPattern,
+};
 use crate::proxy::headers::{is_hop_by_hop, strip_hop_by_hop};
 
 /// What a shadowed route compares, from its `shadow.compare` settings.
@@ -131,7 +133,8 @@ fn identical(primary: &Answer, candidate: &Answer, settings: &Settings) -> bool 
 }
 
 /// Whether the headers [`headers`] compares are equal, without copying them. A `TE` field (which
-/// hop-by-hop removal may keep) sends the answers the long way.
+/// hop-by-hop removal may keep) sends the answers the long way; `Host` is compared even when
+/// `Connection` names it, as hop-by-hop removal never removes it.
 fn same_headers(a: &HeaderMap, b: &HeaderMap, settings: &Settings) -> bool {
     if a.contains_key(TE) || b.contains_key(TE) {
         return false;
@@ -141,7 +144,7 @@ fn same_headers(a: &HeaderMap, b: &HeaderMap, settings: &Settings) -> bool {
         name != CONTENT_LENGTH
             && !is_hop_by_hop(name)
             && !settings.ignore_headers.contains(name)
-            && !named.iter().any(|token| token == name.as_str())
+            && (name == HOST || !named.iter().any(|token| token == name.as_str()))
     };
     let count =
         |map: &HeaderMap, named: &[String]| map.keys().filter(|name| compared(named, name)).count();
@@ -162,14 +165,29 @@ fn connection_named(map: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Teaches `noise` from two stable answers to one request. Two answers with different statuses
-/// teach nothing: one of the instances is failing, and learning from it would hide everything.
+/// Teaches `noise` from two stable answers to one request.
 pub fn learn_noise(noise: &mut Noise, stable: &Answer, other: &Answer, settings: &Settings) {
-    if stable.status != other.status {
-        return;
+    let places = noise_places(stable, other, settings, noise.learned());
+    noise.add(places);
+}
+
+/// What two stable answers to one request teach, beyond the `known` places: the places inside
+/// `/headers` and `/body` where they differ (never a whole part, such as a body compared as
+/// bytes). Two answers with different statuses teach nothing: one instance is failing, and
+/// learning from it would hide everything.
+pub fn noise_places(
+    stable: &Answer,
+    other: &Answer,
+    settings: &Settings,
+    known: &[PointerPattern],
+) -> Vec<PointerPattern> {
+    if stable.status != other.status || identical(stable, other, settings) {
+        return Vec::new();
     }
     let (a, b) = documents(stable, other, settings);
-    noise.learn(&a, &b);
+    let mut places = varying_places(&a, &b, known);
+    places.retain(|place| place.depth() >= 2);
+    places
 }
 
 /// Both answers as documents: `{status, headers, body}`. The body is JSON when both are;
@@ -329,6 +347,11 @@ mod tests {
                 false,
             ),
             (answer(200, &[], "x"), answer(201, &[], "x"), false),
+            (
+                answer(200, &[], "x"),
+                answer(200, &[("connection", "host"), ("host", "evil")], "x"),
+                false,
+            ),
             (answer(200, &[], "x"), answer(200, &[], "y"), false),
             // Alike, but only the long way can tell (TE, JSON written two ways).
             (
@@ -489,5 +512,17 @@ mod tests {
         let failing = answer(503, &[("x-trace", "9")], "down");
         learn_noise(&mut noise, &stable("a", "1"), &failing, &settings);
         assert!(noise.learned().is_empty());
+
+        // Nor do bodies compared as bytes, or lists of another length: learning `/body` or
+        // `/body/items/*` would hide every later difference there.
+        let html = |token: &str| answer(200, &[], &format!("<form csrf={token}>"));
+        learn_noise(&mut noise, &html("a"), &html("b"), &settings);
+        let list = |items: &str| answer(200, &[JSON], &format!(r#"{{"items": [{items}]}}"#));
+        learn_noise(&mut noise, &list("1, 2"), &list("1, 2, 3"), &settings);
+        assert!(noise.learned().is_empty(), "{:?}", noise.learned());
+        assert_eq!(
+            differences(&list("1"), &list("7"), &settings, noise.learned(), 10).count,
+            1
+        );
     }
 }

@@ -27,6 +27,9 @@ use crate::telemetry::{self, FlagTelemetry, RouteTelemetry, TargetTelemetry};
 use route::{strip_len, upper_buckets};
 pub use route::{LiveRoute, LiveTarget, RouteRuntime};
 
+/// A shadow's state is kept by route, candidate and noise instance.
+type ShadowKey = (Arc<str>, Arc<str>, Option<Arc<str>>);
+
 /// Monotonic number of a successfully loaded config.
 pub type Generation = u64;
 
@@ -54,9 +57,9 @@ pub struct Carried {
     runtime: HashMap<Arc<str>, Arc<RouteRuntime>>,
     /// Evaluation counts by flag key and variant name.
     flag_served: HashMap<(String, String), Arc<AtomicU64>>,
-    /// What each route's shadow found, by route and candidate: copying to another candidate
-    /// starts afresh.
-    shadows: HashMap<(Arc<str>, Arc<str>), Arc<ShadowState>>,
+    /// What each route's shadow found, by route, candidate and noise instance: copying to
+    /// another candidate, or learning from another instance, starts afresh.
+    shadows: HashMap<ShadowKey, Arc<ShadowState>>,
 }
 
 impl Snapshot {
@@ -104,7 +107,8 @@ impl Snapshot {
                     })
                     .collect();
                 let shadow = spec.shadow.as_ref().map(|spec| {
-                    let key = (name.clone(), upstreams[spec.to].name.clone());
+                    let noise = spec.noise.map(|index| upstreams[index].name.clone());
+                    let key = (name.clone(), upstreams[spec.to].name.clone(), noise);
                     let state = carried
                         .shadows
                         .get(&key)
