@@ -151,8 +151,22 @@ pub fn json_differences(
     ignore: &[PointerPattern],
     keep: usize,
 ) -> Differences {
+    differences_beyond_noise(primary, candidate, ignore, &[], keep)
+}
+
+/// [`json_differences`], where a value may also differ at a place in `noise` when both sides
+/// hold a plain value there: learned noise never hides a missing key, a list of another length
+/// or a value of another kind.
+pub fn differences_beyond_noise(
+    primary: &Value,
+    candidate: &Value,
+    ignore: &[PointerPattern],
+    noise: &[PointerPattern],
+    keep: usize,
+) -> Differences {
     let mut walk = Walk {
         ignore,
+        noise,
         keep,
         path: Vec::new(),
         found: Differences::default(),
@@ -214,7 +228,8 @@ pub fn varying_places(
     known: &[PointerPattern],
 ) -> Vec<PointerPattern> {
     let mut walk = Walk {
-        ignore: known,
+        ignore: &[],
+        noise: known,
         keep: 0,
         path: Vec::new(),
         found: Differences::default(),
@@ -225,7 +240,10 @@ pub fn varying_places(
 }
 
 struct Walk<'a> {
+    /// Skipped whole, with everything beneath.
     ignore: &'a [PointerPattern],
+    /// Skipped only where both sides hold a plain value.
+    noise: &'a [PointerPattern],
     keep: usize,
     /// Where the walk is: each step's key, and whether it is an array index.
     path: Vec<(String, bool)>,
@@ -263,6 +281,9 @@ impl Walk<'_> {
             }
             (Some(Value::Number(a)), Some(Value::Number(b))) if same_number(a, b) => {}
             (Some(a), Some(b)) if a == b => {}
+            _ if scalar(primary)
+                && scalar(candidate)
+                && self.noise.iter().any(|p| p.matches(&self.path)) => {}
             _ => self.differ(primary, candidate),
         }
     }
@@ -270,9 +291,6 @@ impl Walk<'_> {
     fn differ(&mut self, primary: Option<&Value>, candidate: Option<&Value>) {
         self.found.count += 1;
         // See `varying_places` for what is learned.
-        let scalar = |value: Option<&Value>| {
-            value.is_some_and(|v| !matches!(v, Value::Object(_) | Value::Array(_)))
-        };
         let learnable = !self.path.is_empty() && scalar(primary) && scalar(candidate);
         if let Some(varying) = self
             .varying
@@ -304,6 +322,11 @@ impl Walk<'_> {
             });
         }
     }
+}
+
+/// A value that is there and is neither an object nor an array.
+fn scalar(value: Option<&Value>) -> bool {
+    value.is_some_and(|v| !matches!(v, Value::Object(_) | Value::Array(_)))
 }
 
 /// Numbers by value: integers exactly (so 2^53 + 1 is not 2^53), anything else as f64.
@@ -442,13 +465,34 @@ mod tests {
             patterns(&["/items/*/at", "/request_id"]).as_slice()
         );
         assert_eq!(noise.learn(&answer(5, 500, 5), &answer(6, 600, 5)), 0);
-        assert!(json_differences(&primary, &candidate, noise.learned(), 10).is_empty());
+        assert!(
+            differences_beyond_noise(&primary, &candidate, &[], noise.learned(), 10).is_empty()
+        );
         // A field the stable answers agree on still counts.
         let wrong = answer(7, 700, 6);
         assert_eq!(
-            pointers(&json_differences(&primary, &wrong, noise.learned(), 10)),
+            pointers(&differences_beyond_noise(
+                &primary,
+                &wrong,
+                &[],
+                noise.learned(),
+                10
+            )),
             ["/price"]
         );
+        // Learned noise lets a value differ, never be missing or change its shape.
+        let mut list = Noise::default();
+        assert_eq!(list.learn(&json!([1, 2]), &json!([2, 1])), 1);
+        assert_eq!(list.learned(), patterns(&["/*"]).as_slice());
+        let beyond = |a: Value, b: Value| {
+            pointers(&differences_beyond_noise(&a, &b, &[], list.learned(), 10))
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert!(beyond(json!([1, 2]), json!([3, 4])).is_empty());
+        assert_eq!(beyond(json!([1, 2]), json!([1])), ["/1"]);
+        assert_eq!(beyond(json!([1, 2]), json!([1, {"x": 2}])), ["/1"]);
     }
 
     #[test]

@@ -50,8 +50,9 @@ pub fn start(
     body: Incoming,
 ) -> (Teed<Incoming>, PrimaryTap) {
     let max_body = slot.shadow().max_body;
-    // The whole copy, from here to the end of the candidate's answer, is bounded by `timeout`.
-    let deadline = tokio::time::Instant::now() + slot.shadow().timeout;
+    // The request body must be whole within `timeout` of the request's arrival; the copy's
+    // own `timeout` starts when it is sent.
+    let body_deadline = tokio::time::Instant::now() + slot.shadow().timeout;
     let (teed, body_copy) = tee(body, max_body);
     let (to_copy, primary) = oneshot::channel();
     let mut copy_head = crate::proxy::headers::copy_head(head);
@@ -72,7 +73,7 @@ pub fn start(
         strip,
         body: body_copy,
         primary,
-        deadline,
+        body_deadline,
         slot,
     };
     tokio::spawn(copy.run());
@@ -170,6 +171,14 @@ impl BodyCapture {
         }
     }
 
+    /// Bytes a comparison may have to parse (none for a digest).
+    fn compared_bytes(&self) -> usize {
+        match self.digest {
+            Some(_) => 0,
+            None => self.len,
+        }
+    }
+
     fn push(&mut self, data: &Bytes) {
         if let Some(digest) = &mut self.digest {
             digest.update(data);
@@ -218,7 +227,7 @@ struct Copy {
     strip: usize,
     body: TeeCopy,
     primary: oneshot::Receiver<Kept>,
-    deadline: tokio::time::Instant,
+    body_deadline: tokio::time::Instant,
     sample: SampleHead,
 }
 
@@ -230,12 +239,13 @@ impl Copy {
 
     async fn compare(&mut self) -> ShadowResult {
         let shadow = self.slot.shadow();
-        let deadline = self.deadline;
-        let Ok(Some(body)) = tokio::time::timeout_at(deadline, &mut self.body).await else {
+        let Ok(Some(body)) = tokio::time::timeout_at(self.body_deadline, &mut self.body).await
+        else {
             // Larger than max_body, the client's body failed, was not read to its end, or did
-            // not arrive within `timeout`.
+            // not arrive within `timeout`: a slow client is not the candidate's fault.
             return ShadowResult::Dropped;
         };
+        let deadline = tokio::time::Instant::now() + shadow.timeout;
         // Boxed: an exchange with a backend is a future of kilobytes, and without the boxes
         // spawning a copy moved three of them several times (measured with callgrind).
         let candidate = tokio::time::timeout_at(
@@ -273,19 +283,18 @@ impl Copy {
         let Ok(Ok(primary)) = tokio::time::timeout_at(deadline, &mut self.primary).await else {
             return ShadowResult::Dropped;
         };
-        let primary = primary.answer();
         let statuses = (primary.status.as_u16(), candidate.status.as_u16());
         let weight = primary.body.compared_bytes()
             + candidate.body.compared_bytes()
             + noise.as_ref().map_or(0, |n| n.body.compared_bytes());
         let found = if weight <= INLINE_COMPARE_BYTES {
-            judge(shadow, &primary, &candidate, noise.as_ref())
+            judge(shadow, &primary.answer(), &candidate, noise.as_ref())
         } else {
-            // Parsing and walking two large documents takes milliseconds: off the workers
+            // Joining, parsing and walking large bodies takes milliseconds: off the workers
             // that serve requests.
             let shadow = self.slot.shared();
             let judged = tokio::task::spawn_blocking(move || {
-                judge(&shadow, &primary, &candidate, noise.as_ref())
+                judge(&shadow, &primary.answer(), &candidate, noise.as_ref())
             });
             match judged.await {
                 Ok(found) => found,

@@ -74,7 +74,10 @@ impl<B: Body<Data = Bytes>> Body for Teed<B> {
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(data), Some(copy)) = (frame.data_ref(), this.copy.as_mut()) {
-                    if copy.kept.len() + data.len() > copy.max_body {
+                    if copy.to_shadow.is_closed() {
+                        // The copy gave up (its time ran out): keep nothing more.
+                        *this.copy = None;
+                    } else if copy.kept.len() + data.len() > copy.max_body {
                         // Too large to copy: the shadow side gets nothing.
                         *this.copy = None;
                     } else {

@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::compare::{
-    json_differences, varying_places, Difference, Differences, Noise, PointerPattern,
+    differences_beyond_noise, varying_places, Difference, Differences, Noise, PointerPattern,
 };
 use crate::proxy::headers::{is_hop_by_hop, strip_hop_by_hop};
 
@@ -104,9 +104,8 @@ pub fn differences(
         .ignore_json
         .iter()
         .map(|pattern| pattern.under("body"))
-        .chain(learned.iter().cloned())
         .collect();
-    let mut found = json_differences(&primary_doc, &candidate_doc, &ignore, keep);
+    let mut found = differences_beyond_noise(&primary_doc, &candidate_doc, &ignore, learned, keep);
     for difference in &mut found.kept {
         redact(difference);
     }
@@ -273,6 +272,7 @@ fn redact(difference: &mut Difference) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shadow::compare::json_differences;
 
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
         let mut map = HeaderMap::new();

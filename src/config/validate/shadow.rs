@@ -17,7 +17,7 @@ const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 const MAX_MAX_BODY: usize = 64 * 1024 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_MAX_INFLIGHT: u64 = 100;
-/// Each copy in flight may hold a connection to the candidate: a file descriptor.
+/// Each copy in flight may hold a connection to the candidate (and one to the noise instance).
 const MAX_MAX_INFLIGHT: u64 = 10_000;
 const DEFAULT_SAMPLES: u64 = 50;
 const MAX_SAMPLES: u64 = 1_000;
