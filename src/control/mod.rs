@@ -5,6 +5,7 @@
 pub mod guard;
 pub mod overrides;
 pub mod persist;
+pub mod ramp;
 pub mod reload;
 pub mod window;
 
