@@ -773,3 +773,37 @@ fn tokio_stream_from<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> {
     futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
+
+#[tokio::test]
+async fn stable_over_http2_and_head_requests_are_compared_too() {
+    // (Over h2c the target is in absolute form, so the answers do not echo it.)
+    let legacy = Scripted::start(|_, _| order("/orders/1", "3", 1)).await;
+    let v2 = Scripted::start(|_, _| order("/orders/1", "3", 1)).await;
+    // Stable spoken to over h2c: its answer ends with a flag, not a length or a last chunk.
+    let yaml = config(&legacy.url(), &v2.url(), &[], "").replace(
+        &format!("  legacy:\n    url: {}\n", legacy.url()),
+        &format!("  legacy:\n    url: {}\n    http2: true\n", legacy.url()),
+    );
+    assert!(yaml.contains("http2: true"), "{yaml}");
+    let cutover = Cutover::start(&yaml);
+    for _ in 0..3 {
+        let (status, _, body) = get(cutover.proxy, "/orders/1", &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("\"total\": 3"));
+    }
+    let (status, _, body) = send(
+        &client(),
+        cutover.proxy,
+        "HEAD",
+        "/orders/1",
+        &[],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, ""));
+    let matched = wait_for_result(&cutover, "match", 4.0).await;
+    assert_eq!(matched, 4.0, "{}", diffs(&cutover).await["counts"]);
+    assert_eq!(wait_for_result(&cutover, "dropped", 0.0).await, 0.0);
+    let methods: Vec<String> = v2.seen().into_iter().map(|s| s.method).collect();
+    assert_eq!(methods, ["GET", "GET", "GET", "HEAD"]);
+}

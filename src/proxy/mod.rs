@@ -378,7 +378,7 @@ fn respond(
             as Pin<Box<dyn Future<Output = ()> + Send>>
     });
     let status = response.status();
-    let capture = tap.map(|tap| {
+    let capture = tap.and_then(|tap| {
         let length = http_body::Body::size_hint(response.body()).exact();
         tap.capture(status, response.headers(), length)
     });

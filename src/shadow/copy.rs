@@ -77,37 +77,56 @@ pub fn start(
         slot,
     };
     tokio::spawn(copy.run());
-    (teed, PrimaryTap { to_copy, max_body })
+    let tap = PrimaryTap {
+        to_copy,
+        max_body,
+        head_request: head.method == Method::HEAD,
+    };
+    (teed, tap)
 }
 
 /// Where stable's answer goes once its body has streamed to the client.
 pub struct PrimaryTap {
     to_copy: oneshot::Sender<Kept>,
     max_body: usize,
+    head_request: bool,
 }
 
 impl PrimaryTap {
     /// Starts keeping stable's answer, whose head is `status` and `headers`, and whose body
-    /// is `length` bytes when the head says so.
+    /// is `length` bytes when the head says so. An answer that has no body by definition (to
+    /// a HEAD, a 204, a 304) is handed over at once: over HTTP/2 its body does not say it has
+    /// ended before it is read, and nobody reads it.
     pub fn capture(
         self,
         status: StatusCode,
         headers: &HeaderMap,
         length: Option<u64>,
-    ) -> Box<PrimaryCapture> {
+    ) -> Option<Box<PrimaryCapture>> {
+        let bodiless = self.head_request
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
         let mut body = BodyCapture::new(self.max_body);
+        if bodiless {
+            let _ = self.to_copy.send(Kept {
+                status,
+                headers: headers.clone(),
+                body,
+            });
+            return None;
+        }
         if length.is_some_and(|length| length > self.max_body as u64) {
             // Hashed frame by frame from the first: no burst when the limit is passed.
             body.digest = Some(BodyDigest::default());
         }
-        Box::new(PrimaryCapture {
+        Some(Box::new(PrimaryCapture {
             kept: Kept {
                 status,
                 headers: headers.clone(),
                 body,
             },
             to_copy: self.to_copy,
-        })
+        }))
     }
 }
 
