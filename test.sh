@@ -37,19 +37,34 @@ CUTOVER_BIN="$PWD/target/debug/cutover" bash tests/browser/run.sh 2>&1 | tee "$o
 VENV=.venv-test CUTOVER_BIN="$PWD/target/debug/cutover" bash deploy/validate.sh 2>&1 |
     tee -a "$otherlog" || status=1
 
-# benches/load.sh for one second in each mode against the debug binary (it installs nginx, wrk
-# and curl when missing), so the load script cannot rot: each run must answer without errors.
-bench_smoke() { # mode
+# benches/load.sh for one second in each mode (and once with a stalled shadow candidate) against
+# the debug binary (it installs nginx, wrk and curl when missing), and benches/shadow_memory.sh
+# with a few copies, so the bench scripts cannot rot: each run must answer without errors.
+bench_smoke() { # mode [shadow]
     local out
-    out=$(MODE=$1 TARGETS=cutover DURATION=1 ROUNDS=1 SPLIT_CHECK=50 \
+    out=$(MODE=$1 SHADOW=${2:-none} TARGETS=cutover DURATION=1 ROUNDS=1 SPLIT_CHECK=50 \
         CUTOVER_BIN="$PWD/target/debug/cutover" bash benches/load.sh) || return 1
     printf '%s\n' "$out"
     awk '$1 == "cutover" && $4 == "0" { ok = 1 } END { exit !ok }' <<<"$out"
 }
+# benches/shadow_memory.sh with a few copies: they must all be in flight, the rest dropped.
+shadow_memory_smoke() {
+    local out
+    out=$(COPIES=200 CUTOVER_BIN="$PWD/target/debug/cutover" bash benches/shadow_memory.sh) ||
+        return 1
+    printf '%s\n' "$out"
+    grep -q '^shadow copies in flight: 200 ' <<<"$out"
+}
 bench_passed=0
 bench_failed=0
-for mode in route ofrep; do
-    if bench_smoke "$mode"; then
+for run in "route" "ofrep" "route stalled" "shadow_memory"; do
+    if [[ $run == shadow_memory ]]; then
+        shadow_memory_smoke && ok=1 || ok=0
+    else
+        # shellcheck disable=SC2086 # mode and shadow, split on purpose
+        bench_smoke $run && ok=1 || ok=0
+    fi
+    if ((ok)); then
         bench_passed=$((bench_passed + 1))
     else
         bench_failed=$((bench_failed + 1))
