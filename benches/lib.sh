@@ -25,3 +25,18 @@ stop_trees() { # pid...
     done
     for p in "$@"; do wait "$p" 2>/dev/null || true; done
 }
+
+# A stalled backend, as a Python program: `python3 -c "$STALLED_LISTENER" PORT` listens on
+# 127.0.0.1:PORT, accepts connections and never answers, each held until the peer gives up.
+# (Text rather than a function, so that `taskset` can run it.)
+# shellcheck disable=SC2034 # used by the scripts that source this file
+STALLED_LISTENER='
+import socket, sys
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(65535)
+held = []
+while True:
+    held.append(server.accept()[0])
+'

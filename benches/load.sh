@@ -234,16 +234,7 @@ EOF
 
 # Accepts connections and never answers; each is held until the peer gives up.
 start_stalled_candidate() {
-    spawn stalled "$WORK/stalled.log" python3 -c '
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen(4096)
-held = []
-while True:
-    held.append(server.accept()[0])
-' "${CANDIDATE_PORT[stalled]}"
+    spawn stalled "$WORK/stalled.log" python3 -c "$STALLED_LISTENER" "${CANDIDATE_PORT[stalled]}"
     local i
     for ((i = 0; i < 100; i++)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/${CANDIDATE_PORT[stalled]}") 2>/dev/null; then return; fi

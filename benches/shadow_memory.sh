@@ -75,16 +75,7 @@ http {
 CONF
 nginx -p "$WORK/" -e "$WORK/error.log" -c "$WORK/nginx.conf" >"$WORK/nginx.log" 2>&1 &
 PIDS+=($!)
-python3 -c '
-import socket, sys
-server = socket.socket()
-server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-server.bind(("127.0.0.1", int(sys.argv[1])))
-server.listen(65535)
-held = []
-while True:
-    held.append(server.accept()[0])
-' "$CANDIDATE_PORT" >"$WORK/candidate.log" 2>&1 &
+python3 -c "$STALLED_LISTENER" "$CANDIDATE_PORT" >"$WORK/candidate.log" 2>&1 &
 PIDS+=($!)
 cat >"$WORK/cutover.yaml" <<CONF
 listen: 127.0.0.1:$PROXY_PORT
