@@ -284,12 +284,18 @@ fn pick<B>(
 
 /// Whether a request body is small enough to copy, as far as its head says.
 fn fits<B>(req: &Request<B>, max_body: usize) -> bool {
-    req.headers().get(CONTENT_LENGTH).is_none_or(|length| {
+    declared_at_most(req.headers(), max_body as u64).unwrap_or(true)
+}
+
+/// Whether the `Content-Length` is at most `limit` (an unreadable one is not), or `None`
+/// without one.
+fn declared_at_most(headers: &http::HeaderMap, limit: u64) -> Option<bool> {
+    headers.get(CONTENT_LENGTH).map(|length| {
         length
             .to_str()
             .ok()
             .and_then(|l| l.parse::<u64>().ok())
-            .is_some_and(|l| l <= max_body as u64)
+            .is_some_and(|l| l <= limit)
     })
 }
 
@@ -393,15 +399,9 @@ fn is_replayable(parts: &Parts) -> bool {
         parts.method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
     );
-    let small = match parts.headers.get(CONTENT_LENGTH) {
-        Some(length) => length
-            .to_str()
-            .ok()
-            .and_then(|l| l.parse::<u64>().ok())
-            .is_some_and(|l| l <= MAX_REPLAY_BODY),
-        // Chunked bodies have no size up front; they are streamed, never replayed.
-        None => !parts.headers.contains_key(http::header::TRANSFER_ENCODING),
-    };
+    // Chunked bodies have no size up front; they are streamed, never replayed.
+    let small = declared_at_most(&parts.headers, MAX_REPLAY_BODY)
+        .unwrap_or_else(|| !parts.headers.contains_key(http::header::TRANSFER_ENCODING));
     idempotent && small
 }
 
