@@ -189,6 +189,7 @@ impl Noise {
     pub const LIMIT: usize = 256;
 
     /// Learns from two stable answers to one request; returns how many places were new.
+    #[cfg(test)]
     pub fn learn(&mut self, stable: &Value, other_stable: &Value) -> usize {
         let places = varying_places(stable, other_stable, &self.learned);
         self.add(places)
@@ -214,6 +215,7 @@ impl Noise {
         &self.learned
     }
 
+    #[cfg(test)]
     pub fn is_full(&self) -> bool {
         self.learned.len() >= Self::LIMIT
     }

@@ -1,6 +1,6 @@
 //! A candidate's whole answer against the primary's: status, headers and body, each difference
 //! a JSON pointer into the answer seen as one document (`/status`, `/headers/{name}`,
-//! `/body/...`), so `compare.ignore_json`, learned [`Noise`] and the samples work alike on all.
+//! `/body/...`), so `compare.ignore_json`, learned [`Noise`](super::compare::Noise) and the samples work alike on all.
 //!
 //! Headers are compared without hop-by-hop ones, `Content-Length` (the body is compared
 //! itself) and those in `compare.ignore_headers`; a header sent more than once compares as its
@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::compare::{
-    differences_beyond_noise, varying_places, Difference, Differences, Noise, PointerPattern,
+    differences_beyond_noise, varying_places, Difference, Differences, PointerPattern,
 };
 use crate::proxy::headers::{is_hop_by_hop, strip_hop_by_hop};
 
@@ -164,12 +164,6 @@ fn connection_named(map: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-/// Teaches `noise` from two stable answers to one request.
-pub fn learn_noise(noise: &mut Noise, stable: &Answer, other: &Answer, settings: &Settings) {
-    let places = noise_places(stable, other, settings, noise.learned());
-    noise.add(places);
-}
-
 /// What two stable answers to one request teach, beyond the `known` places: the places inside
 /// `/headers` and `/body` where they differ (never a whole part, such as a body compared as
 /// bytes). Two answers with different statuses teach nothing: one instance is failing, and
@@ -272,7 +266,13 @@ fn redact(difference: &mut Difference) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::shadow::compare::json_differences;
+    use crate::shadow::compare::{json_differences, Noise};
+
+    /// Teaches `noise` from two stable answers, as the copy's task does (outside the lock).
+    fn learn_noise(noise: &mut Noise, stable: &Answer, other: &Answer, settings: &Settings) {
+        let places = noise_places(stable, other, settings, noise.learned());
+        noise.add(places);
+    }
 
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
         let mut map = HeaderMap::new();
