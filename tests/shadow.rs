@@ -134,9 +134,14 @@ fn config(legacy: &str, v2: &str, extra: &[(&str, String)], shadow: &str) -> Str
     yaml
 }
 
-/// Waits until the shadow counter for `result` reaches `at_least`, and returns it.
+/// Waits until route `main`'s shadow counter for `result` reaches `at_least`, and returns it.
 async fn wait_for_result(cutover: &Cutover, result: &str, at_least: f64) -> f64 {
-    let series = format!("cutover_shadow_requests_total{{route=\"main\",result=\"{result}\"}}");
+    wait_for_route_result(cutover, "main", result, at_least).await
+}
+
+/// [`wait_for_result`] for any route.
+async fn wait_for_route_result(cutover: &Cutover, route: &str, result: &str, at_least: f64) -> f64 {
+    let series = format!("cutover_shadow_requests_total{{route=\"{route}\",result=\"{result}\"}}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let value = cutover.metric(&series).await.unwrap_or(0.0);
@@ -277,12 +282,10 @@ async fn a_differing_field_is_a_mismatch_with_its_pointer_unless_ignored() {
     for _ in 0..3 {
         get(cutover.proxy, "/ignoring/orders/7", &[]).await;
     }
-    let series = "cutover_shadow_requests_total{route=\"ignoring\",result=\"match\"}";
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while cutover.metric(series).await.unwrap_or(0.0) < 3.0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(cutover.metric(series).await, Some(3.0));
+    assert_eq!(
+        wait_for_route_result(&cutover, "ignoring", "match", 3.0).await,
+        3.0
+    );
     assert_eq!(
         cutover
             .metric("cutover_shadow_requests_total{route=\"ignoring\",result=\"mismatch\"}")

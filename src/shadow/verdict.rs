@@ -1,6 +1,7 @@
 //! A candidate's whole answer against the primary's: status, headers and body, each difference
 //! a JSON pointer into the answer seen as one document (`/status`, `/headers/{name}`,
-//! `/body/...`), so `compare.ignore_json`, learned [`Noise`](super::compare::Noise) and the samples work alike on all.
+//! `/body/...`), so `compare.ignore_json`, learned [`Noise`](super::compare::Noise) and the
+//! samples work alike on all.
 //!
 //! Headers are compared without hop-by-hop ones, `Content-Length` (the body is compared
 //! itself) and those in `compare.ignore_headers`; a header sent more than once compares as its
