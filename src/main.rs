@@ -86,6 +86,34 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// A route's ramp: where it stands, or a hand on it.
+    Ramp {
+        #[arg(value_enum)]
+        action: RampCommand,
+        route: String,
+        /// Recorded in the ramp's history (promote, abort).
+        #[arg(long)]
+        reason: Option<String>,
+        /// With abort: kill the route too (all traffic to stable).
+        #[arg(long)]
+        kill: bool,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RampCommand {
+    /// The step, the time to the next, each gate reading and the history.
+    Status,
+    /// Hold the current step until resumed.
+    Pause,
+    /// Run again: a paused ramp with its time, an aborted one from the start of its step.
+    Resume,
+    /// The next step now, gate skipped (the reason is recorded).
+    Promote,
+    /// Back to the split in the config; with --kill, the route is killed too.
+    Abort,
 }
 
 /// What a kill or resume applies to: one route, every route, or one flag.
@@ -207,6 +235,38 @@ fn main() -> ExitCode {
         Command::Status { watch, admin } => {
             let client = admin.client();
             server::run_blocking(Some(1), async move { cli::status(&client, watch).await })
+        }
+        Command::Ramp {
+            action: RampCommand::Status,
+            route,
+            admin,
+            ..
+        } => {
+            let client = admin.client();
+            server::run_blocking(Some(1), async move {
+                print!("{}", client.ramp_status(&route).await?);
+                Ok(())
+            })
+        }
+        Command::Ramp {
+            action,
+            route,
+            reason,
+            kill,
+            admin,
+        } => {
+            if kill && !matches!(action, RampCommand::Abort) {
+                eprintln!("cutover: error: --kill goes with `ramp abort` only");
+                return ExitCode::FAILURE;
+            }
+            let action = match action {
+                RampCommand::Pause => "pause",
+                RampCommand::Resume => "resume",
+                RampCommand::Promote => "promote",
+                RampCommand::Status | RampCommand::Abort => "abort",
+            };
+            let client = admin.client();
+            return switch_call(async move { client.ramp(&route, action, reason, kill).await });
         }
         Command::Diffs { route, admin } => {
             let client = admin.client();

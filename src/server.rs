@@ -113,6 +113,7 @@ impl Server {
         let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
         let trips_task = tokio::spawn(control.clone().apply_trips(tripped));
         tokio::spawn(control.clone().keep_state_file_written());
+        tokio::spawn(control.clone().drive_ramps());
 
         if token.is_none() {
             tracing::warn!(

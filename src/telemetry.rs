@@ -32,6 +32,8 @@ pub const STATE_PERSIST_FAILURES_TOTAL: &str = "cutover_state_persist_failures_t
 pub const OPEN_CONNECTIONS: &str = "cutover_open_connections";
 pub const IDLE_CONNECTIONS: &str = "cutover_idle_connections";
 pub const SHADOW_REQUESTS_TOTAL: &str = "cutover_shadow_requests_total";
+pub const RAMP_STEP_PERCENT: &str = "cutover_ramp_step_percent";
+pub const FLAG_RAMP_STEP_PERCENT: &str = "cutover_flag_ramp_step_percent";
 
 /// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
 /// (a second server in one test process) get the same recorder.
@@ -75,6 +77,14 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         "Effective share of a route's traffic per backend, in percent."
     );
     describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
+    describe_gauge!(
+        RAMP_STEP_PERCENT,
+        "Percent of the route's traffic its ramp gives `to` now (the YAML's share once aborted)."
+    );
+    describe_gauge!(
+        FLAG_RAMP_STEP_PERCENT,
+        "Percent of targeting keys the flag's ramp gives its variant now."
+    );
     describe_counter!(
         SHADOW_REQUESTS_TOTAL,
         "Shadow copies by result: match, mismatch, error, timeout, dropped."
@@ -228,6 +238,16 @@ pub fn route_weight(route: &str, backend: &str, basis_points: u32) {
 
 pub fn route_killed(route: &str, killed: bool) {
     gauge!(ROUTE_KILLED, "route" => route.to_owned()).set(if killed { 1.0 } else { 0.0 });
+}
+
+/// `share` in basis points.
+pub fn ramp_step_percent(route: &str, share: u32) {
+    gauge!(RAMP_STEP_PERCENT, "route" => route.to_owned()).set(f64::from(share) / 100.0);
+}
+
+/// `share` in basis points.
+pub fn flag_ramp_step_percent(flag: &str, share: u32) {
+    gauge!(FLAG_RAMP_STEP_PERCENT, "flag" => flag.to_owned()).set(f64::from(share) / 100.0);
 }
 
 pub fn config_reload(result: &'static str) {

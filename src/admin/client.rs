@@ -1,4 +1,4 @@
-//! `cutover kill | resume | status | diffs`: thin clients of the admin API, with errors a person at
+//! `cutover kill | resume | status | diffs | ramp`: thin clients of the admin API, with errors a person at
 //! 3 a.m. can act on.
 
 use std::time::Duration;
@@ -160,6 +160,61 @@ impl AdminClient {
             "resumed: the configured split applies",
             route,
         ))
+    }
+}
+
+impl AdminClient {
+    /// `cutover ramp status ROUTE`: the route's ramp from `/api/status`.
+    pub async fn ramp_status(&self, route: &str) -> anyhow::Result<String> {
+        let status = self.status().await?;
+        let Some(found) = status.routes.iter().find(|r| r.name == route) else {
+            bail!("no route named {route:?}");
+        };
+        match &found.ramp {
+            Some(ramp) => Ok(ramp.render(route)),
+            None => bail!("route {route:?} has no ramp: in the config"),
+        }
+    }
+
+    /// `cutover ramp pause|resume|promote|abort ROUTE`.
+    pub async fn ramp(
+        &self,
+        route: &str,
+        action: &str,
+        reason: Option<String>,
+        kill: bool,
+    ) -> anyhow::Result<Switched> {
+        let mut body = json!({ "source": "cli" });
+        if let Some(reason) = reason {
+            body["reason"] = json!(reason);
+        }
+        if kill {
+            body["kill"] = json!(true);
+        }
+        let path = format!("/api/routes/{}/ramp/{action}", path_segment(route));
+        let value = self.post(&path, body).await?;
+        let now = format!(
+            "ramp {}, step {} at {}%",
+            value["state"].as_str().unwrap_or("?"),
+            value["step"],
+            value["percent"]
+        );
+        let mut summary = if value["changed"].as_bool() == Some(true) {
+            format!("{route}: {action}: {now}")
+        } else {
+            format!("{route}: nothing to change ({now})")
+        };
+        if let Some(kill) = value["still_killed"].as_object() {
+            summary.push_str(&format!(
+                "\nthe route is still killed by {}: {} (`cutover resume {route}` sends traffic again)",
+                kill.get("by").and_then(Value::as_str).unwrap_or("?"),
+                kill.get("reason").and_then(Value::as_str).unwrap_or("?"),
+            ));
+        }
+        Ok(Switched {
+            summary,
+            persist_error: value["persist_error"].as_str().map(str::to_owned),
+        })
     }
 }
 

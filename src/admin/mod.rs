@@ -13,6 +13,7 @@
 //! | POST `/api/flags/{key}/kill`, `/resume` | flag kill switch: everyone gets the default     |
 //! | POST `/api/reload`                   | reload now: 200 with the generation, or 422 with every error |
 //! | GET `/api/routes/{name}/diffs`       | shadow counts and the last mismatches ([`diffs`]) |
+//! | POST `/api/routes/{name}/ramp/{pause,resume,promote,abort}` | drive a ramp by hand (body: optional `{"reason": "...", "kill": true, "source": "cli"}`) |
 //!
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
@@ -20,6 +21,7 @@
 pub mod client;
 pub mod diffs;
 pub mod page;
+pub mod ramp;
 pub mod status;
 
 use std::borrow::Cow;
@@ -44,7 +46,9 @@ use crate::admin::diffs::Diffs;
 use crate::admin::status::Status;
 use crate::bearer::{self, Bearer};
 use crate::control::overrides::{Kill, KillSource};
-use crate::control::{Control, ControlError, OverrideOutcome, ReloadOutcome, Switch};
+use crate::control::{
+    Control, ControlError, OverrideOutcome, RampAction, RampOutcome, ReloadOutcome, Switch,
+};
 use crate::listener::{Connection, Limits};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -59,6 +63,17 @@ pub struct Admin {
 }
 
 type AdminResponse = Response<Full<Bytes>>;
+
+/// Optional body of a ramp call.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RampRequest {
+    reason: Option<String>,
+    /// Abort only: kill the route too.
+    #[serde(default)]
+    kill: bool,
+    source: Option<String>,
+}
 
 /// Optional body of a kill call.
 #[derive(Default, Deserialize)]
@@ -133,6 +148,7 @@ impl Admin {
                     self.control.path(),
                     &self.control.last_reload(),
                     self.control.persist_failure().as_deref(),
+                    &self.control.ramps_live(),
                 );
                 json_response(StatusCode::OK, &status)
             }
@@ -155,7 +171,7 @@ impl Admin {
             "/api/kill" | "/api/resume" | "/api/reload" => Some("POST"),
             _ if page::find(path).is_some() => Some("GET, HEAD"),
             _ if diffs_route(path).is_some() => Some("GET, HEAD"),
-            _ if switch_action(path).is_some() => Some("POST"),
+            _ if switch_action(path).is_some() || ramp_action(path).is_some() => Some("POST"),
             _ => None,
         }
     }
@@ -220,34 +236,22 @@ impl Admin {
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
             };
         }
+        if let Some((route, action)) = ramp_action(path) {
+            return self.ramp(route.into_owned(), action, body).await;
+        }
         let (switch, target, action) = match (path, switch_action(path)) {
             ("/api/kill", _) => (Switch::Route, None, "kill"),
             ("/api/resume", _) => (Switch::Route, None, "resume"),
             (_, Some((switch, name, action))) => (switch, Some(name), action),
             _ => return error(StatusCode::NOT_FOUND, "not found"),
         };
-        let request: KillRequest = if body.iter().all(u8::is_ascii_whitespace) {
-            KillRequest::default()
-        } else {
-            match serde_json::from_slice(body) {
-                Ok(request) => request,
-                Err(err) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        &format!("invalid JSON body: {err}"),
-                    )
-                }
-            }
+        let request: KillRequest = match parse_body(body) {
+            Ok(request) => request,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
-        let source = match request.source.as_deref() {
-            None | Some("api") => KillSource::Api,
-            Some("cli") => KillSource::Cli,
-            Some(other) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("source {other:?}: use \"api\" or \"cli\""),
-                )
-            }
+        let source = match source(request.source.as_deref()) {
+            Ok(source) => source,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
         };
         let target = target.map(Cow::into_owned);
         let control = self.control.clone();
@@ -290,6 +294,97 @@ impl Admin {
             Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
         }
     }
+}
+
+impl Admin {
+    async fn ramp(&self, route: String, action: &'static str, body: &[u8]) -> AdminResponse {
+        let request: RampRequest = match parse_body(body) {
+            Ok(request) => request,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
+        let by = match source(request.source.as_deref()) {
+            Ok(source) => source,
+            Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+        };
+        if request.kill && action != "abort" {
+            return error(StatusCode::BAD_REQUEST, "\"kill\" goes with abort only");
+        }
+        let reason = request
+            .reason
+            .unwrap_or_else(|| format!("{action} via {}", by.as_str()));
+        let ramp_action = match action {
+            "pause" => RampAction::Pause,
+            "resume" => RampAction::Resume,
+            "promote" => RampAction::Promote { reason },
+            _ => RampAction::Abort {
+                reason,
+                kill: request.kill,
+            },
+        };
+        let control = self.control.clone();
+        let name = route.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || control.ramp_action(&name, ramp_action, by)).await;
+        let Ok(outcome) = outcome else {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "ramp action failed");
+        };
+        match outcome {
+            Ok(RampOutcome {
+                changed,
+                progress,
+                persisted,
+                still_killed,
+            }) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "action": action,
+                    "route": route,
+                    "changed": changed,
+                    "state": progress.state.as_str(),
+                    "step": progress.step + 1,
+                    "percent": progress.percent(),
+                    "still_killed": still_killed,
+                    "persisted": persisted.is_ok(),
+                    "persist_error": persisted.err(),
+                }),
+            ),
+            Err(err @ (ControlError::Unknown(..) | ControlError::NoRamp(_))) => {
+                error(StatusCode::NOT_FOUND, &err.to_string())
+            }
+            Err(err @ ControlError::Refused(_)) => error(StatusCode::CONFLICT, &err.to_string()),
+            Err(err) => error(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
+        }
+    }
+}
+
+/// An optional JSON body: empty means the defaults.
+fn parse_body<T: Default + serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|err| format!("invalid JSON body: {err}"))
+}
+
+/// Who to record for a change: `api` (the default) or `cli`.
+fn source(source: Option<&str>) -> Result<KillSource, String> {
+    match source {
+        None | Some("api") => Ok(KillSource::Api),
+        Some("cli") => Ok(KillSource::Cli),
+        Some(other) => Err(format!("source {other:?}: use \"api\" or \"cli\"")),
+    }
+}
+
+/// `/api/routes/{name}/ramp/{action}` → the route's name, percent-decoded, and the action.
+fn ramp_action(path: &str) -> Option<(Cow<'_, str>, &'static str)> {
+    let rest = path.strip_prefix("/api/routes/")?;
+    let (name, action) = rest.rsplit_once("/ramp/")?;
+    let action = ["pause", "resume", "promote", "abort"]
+        .into_iter()
+        .find(|&a| a == action)?;
+    if name.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some((percent_decode_str(name).decode_utf8().ok()?, action))
 }
 
 /// `/api/routes/{name}/diffs` → the route's name, percent-decoded.

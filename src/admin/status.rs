@@ -6,11 +6,14 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::HashMap;
+
 use crate::admin::diffs::ShadowSummary;
+use crate::admin::ramp::RampStatus;
 use crate::bucket::format_percent;
 use crate::control::overrides::Kill;
 use crate::control::persist::PersistFailure;
-use crate::control::LastReload;
+use crate::control::{ramp_of, LastReload, RampLive};
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,6 +79,8 @@ pub struct RouteStatus {
     pub backends: Vec<BackendStatus>,
     #[serde(default)]
     pub shadow: Option<ShadowSummary>,
+    #[serde(default)]
+    pub ramp: Option<RampStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,12 +111,14 @@ impl Status {
         config_file: &std::path::Path,
         last: &LastReload,
         persist_failure: Option<&PersistFailure>,
+        ramps: &HashMap<String, RampLive>,
     ) -> Status {
         let config = &snapshot.config;
         let routes = snapshot
             .routes
             .iter()
-            .map(|route| RouteStatus {
+            .zip(&config.routes)
+            .map(|(route, spec)| RouteStatus {
                 name: route.name.to_string(),
                 stable: route.stable().backend.name.to_string(),
                 killed: route.kill.is_some(),
@@ -130,7 +137,7 @@ impl Status {
                         let totals = target.window.totals();
                         BackendStatus {
                             name: target.backend.name.to_string(),
-                            configured: f64::from(target.share) / 100.0,
+                            configured: f64::from(target.configured) / 100.0,
                             effective: f64::from(now) / 100.0,
                             requests: totals.requests,
                             errors: totals.errors,
@@ -145,6 +152,15 @@ impl Status {
                     .shadow
                     .as_ref()
                     .map(|shadow| ShadowSummary::of(route, shadow)),
+                ramp: ramp_of(spec, &snapshot.overrides).map(|(ramp, progress)| {
+                    RampStatus::of(
+                        ramp,
+                        progress,
+                        ramps.get(&spec.name),
+                        route,
+                        spec.split[1].1,
+                    )
+                }),
             })
             .collect();
         Status {
@@ -289,6 +305,22 @@ impl Status {
                     route.name,
                     format!("{} {}%", shadow.to, percent(shadow.percent)),
                     shadow.describe_counts(),
+                    route.name
+                ));
+            }
+        }
+        let ramping: Vec<_> = self
+            .routes
+            .iter()
+            .filter_map(|r| Some((r, r.ramp.as_ref()?)))
+            .collect();
+        if !ramping.is_empty() {
+            out.push_str(&format!("\n{:<20} {}\n", "RAMP", "STEP"));
+            for (route, ramp) in ramping {
+                out.push_str(&format!(
+                    "{:<20} {}  (cutover ramp status {})\n",
+                    route.name,
+                    ramp.summary(),
                     route.name
                 ));
             }

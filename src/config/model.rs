@@ -82,6 +82,15 @@ pub struct RouteSpec {
     pub guard: Option<GuardSpec>,
     pub fallback: bool,
     pub shadow: Option<ShadowSpec>,
+    pub ramp: Option<RampSpec>,
+}
+
+/// `ramp:` on a route: `to`'s share raised step by step while its gate holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RampSpec {
+    /// Backend index of the backend ramped up (also `split[1].0`).
+    pub to: usize,
+    pub plan: crate::control::ramp::Plan,
 }
 
 /// `shadow:` on a route: copies of its requests to a candidate, answers compared.

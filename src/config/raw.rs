@@ -80,6 +80,26 @@ pub struct RawRoute {
     #[serde(default)]
     pub fallback: bool,
     pub shadow: Option<RawShadow>,
+    pub ramp: Option<RawRamp>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRamp {
+    pub to: String,
+    pub steps: Vec<f64>,
+    pub every: String,
+    #[serde(default)]
+    pub gate: RawGate,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub min_requests: Option<u64>,
+    pub max_error_rate: Option<f64>,
+    pub max_latency_ratio: Option<f64>,
+    pub max_mismatch_rate: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]

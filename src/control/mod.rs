@@ -6,13 +6,15 @@ pub mod guard;
 pub mod overrides;
 pub mod persist;
 pub mod ramp;
+mod ramp_driver;
+pub mod ramp_state;
 pub mod reload;
 pub mod window;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -24,6 +26,8 @@ use crate::config::{describe_changes, start_time_changes};
 use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::control::persist::{PersistFailure, PersistState, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
+use crate::control::ramp_driver::reconcile_ramps;
+pub use crate::control::ramp_driver::{ramp_of, RampAction, RampLive, RampOutcome};
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 
@@ -58,6 +62,11 @@ pub enum ControlError {
     KilledInConfig(&'static str, String),
     #[error("{0}")]
     Startup(String),
+    #[error("route {0:?} has no ramp: in the config")]
+    NoRamp(String),
+    /// The action does not apply in the ramp's state.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Which kind of kill switch.
@@ -152,6 +161,8 @@ pub struct Control {
     persist: PersistState,
     /// Whether a config file is being written in place (the watcher keeps it).
     writing: Arc<config::Writing>,
+    /// What each ramp is doing now, as the ramp driver last saw it.
+    ramps_live: ArcSwap<HashMap<String, RampLive>>,
 }
 
 impl Control {
@@ -177,6 +188,7 @@ impl Control {
             }),
             persist: PersistState::default(),
             writing: Arc::default(),
+            ramps_live: ArcSwap::default(),
         };
         // A first load has read nothing before, so it is applied or rejected.
         match control.reload("startup") {
@@ -311,9 +323,14 @@ impl Control {
             for (route, kill) in &overrides.routes {
                 tracing::warn!(route, by = kill.by.as_str(), at = %kill.at, "route is killed: {}", kill.reason);
             }
+            let reconciled = reconcile_ramps(&config.routes, &overrides);
+            let ramps_changed = reconciled.ramps != overrides.ramps;
             state.generation = 1;
-            let snapshot = Snapshot::build(config, 1, &mut state.carried, Arc::new(overrides));
+            let snapshot = Snapshot::build(config, 1, &mut state.carried, Arc::new(reconciled));
             self.publish(snapshot);
+            if ramps_changed {
+                self.persist.record(&write_state(&self.live.load()));
+            }
             return ReloadOutcome::Applied {
                 generation: 1,
                 diff: Vec::new(),
@@ -327,13 +344,18 @@ impl Control {
             diff.push(format!("{what} {old} → {new} (needs a restart)"));
         }
         state.generation += 1;
-        let snapshot = Snapshot::build(
-            config,
-            state.generation,
-            &mut state.carried,
-            current.overrides.clone(),
-        );
+        let reconciled = reconcile_ramps(&config.routes, &current.overrides);
+        let ramps_changed = reconciled.ramps != current.overrides.ramps;
+        let overrides = if ramps_changed {
+            Arc::new(reconciled)
+        } else {
+            current.overrides.clone()
+        };
+        let snapshot = Snapshot::build(config, state.generation, &mut state.carried, overrides);
         self.publish(snapshot);
+        if ramps_changed {
+            self.persist.record(&write_state(&self.live.load()));
+        }
         ReloadOutcome::Applied {
             generation: state.generation,
             diff,

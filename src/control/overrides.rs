@@ -1,5 +1,5 @@
-//! Runtime overrides: kills set by the API, the CLI or the guard, which outlive YAML edits and
-//! restarts. Persisted to `state_file` by write-temp, fsync, rename, so a crash leaves either
+//! Runtime overrides: kills set by the API, the CLI, the guard or a ramp, and where each ramp
+//! stands, which outlive YAML edits and restarts. Persisted to `state_file` by write-temp, fsync, rename, so a crash leaves either
 //! the old file or the new one, never half of one.
 
 use std::collections::BTreeMap;
@@ -9,6 +9,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::control::ramp_state::RampProgress;
+
 /// Who pulled a kill switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -16,6 +18,7 @@ pub enum KillSource {
     Api,
     Cli,
     Guard,
+    Ramp,
     Yaml,
 }
 
@@ -25,6 +28,7 @@ impl KillSource {
             KillSource::Api => "api",
             KillSource::Cli => "cli",
             KillSource::Guard => "guard",
+            KillSource::Ramp => "ramp",
             KillSource::Yaml => "yaml",
         }
     }
@@ -59,13 +63,19 @@ impl Kill {
 }
 
 /// Everything in `state_file`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Overrides {
     #[serde(default)]
     pub routes: BTreeMap<String, Kill>,
     #[serde(default)]
     pub flags: BTreeMap<String, Kill>,
+    /// Where each route's ramp stands, by route name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub ramps: BTreeMap<String, RampProgress>,
+    /// Where each flag's ramp stands, by flag key.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flag_ramps: BTreeMap<String, RampProgress>,
 }
 
 impl Overrides {

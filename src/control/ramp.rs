@@ -1,9 +1,8 @@
 //! A guarded ramp's decisions (issue 15), as pure functions of the time spent at a step and what
 //! the route measured over it: whether the step holds, moves on, or fails and kills the route.
-//! The control plane keeps the progress, feeds the readings and applies what is decided; this
-//! module reads no clock and takes no lock, so every rule is tested here on its own.
-//!
-//! Not yet wired: `ramp:` in the config and the control plane's loop build on it.
+//! The control plane keeps the progress (`ramp_state`), feeds the readings and applies what is
+//! decided (`ramp_driver`); this module reads no clock and takes no lock, so every rule is
+//! tested here on its own.
 
 use std::fmt;
 use std::time::Duration;
@@ -144,34 +143,6 @@ pub fn decide(plan: &Plan, step: usize, spent: Duration, readings: &Readings) ->
     }
 }
 
-/// Where a ramp stands: its step (an index into the plan's steps) and the time already spent
-/// there, which a restart keeps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Progress {
-    pub step: usize,
-    pub spent: Duration,
-}
-
-/// Where a ramp stands after its `ramp:` was edited. The same `to` and `steps` keep their place
-/// (an edit of `every` or the gate applies from now on). Otherwise the schedule restarts, at
-/// the first new step that gives `to` at least the share it had, so no user moves back; with
-/// none, `None`: the ramp is complete at the share users already have.
-pub fn carry_over(old: &Plan, progress: &Progress, new: &Plan) -> Option<Progress> {
-    if old.to == new.to && old.steps == new.steps {
-        return Some(progress.clone());
-    }
-    let had = if old.to == new.to {
-        old.steps.get(progress.step).copied().unwrap_or(0)
-    } else {
-        0
-    };
-    let step = new.steps.iter().position(|&share| share >= had)?;
-    Some(Progress {
-        step,
-        spent: Duration::ZERO,
-    })
-}
-
 fn round_to_seconds(duration: Duration) -> Duration {
     Duration::from_secs(duration.as_secs() + u64::from(duration.subsec_nanos() > 0))
 }
@@ -284,43 +255,6 @@ mod tests {
                 "ramp: payments-v2 0.6% of shadow comparisons mismatched > 0.5% at step 1% (6 of 1000)"
                     .into()
             )
-        );
-    }
-
-    #[test]
-    fn an_edit_keeps_the_place_or_restarts_without_moving_anyone_back() {
-        let old = plan();
-        let at_25 = Progress {
-            step: 2,
-            spent: 3 * MINUTE,
-        };
-        // Another gate or `every`: same place, same time spent.
-        let mut gate_edit = plan();
-        gate_edit.every = 2 * MINUTE;
-        gate_edit.gate.min_requests = 10;
-        assert_eq!(carry_over(&old, &at_25, &gate_edit), Some(at_25.clone()));
-        // New steps: the first one at or above 25%, from its start.
-        let mut steps_edit = plan();
-        steps_edit.steps = vec![1_000, 2_000, 3_000, 10_000];
-        assert_eq!(
-            carry_over(&old, &at_25, &steps_edit),
-            Some(Progress {
-                step: 2,
-                spent: Duration::ZERO
-            })
-        );
-        // No step as high as what users have: complete where it is.
-        steps_edit.steps = vec![500, 1_000];
-        assert_eq!(carry_over(&old, &at_25, &steps_edit), None);
-        // Another `to`: its schedule starts at its first step.
-        let mut to_edit = plan();
-        to_edit.to = "payments-v3".into();
-        assert_eq!(
-            carry_over(&old, &at_25, &to_edit),
-            Some(Progress {
-                step: 0,
-                spent: Duration::ZERO
-            })
         );
     }
 

@@ -129,6 +129,28 @@ impl WindowStats {
         slot.latency[latency_bucket(latency)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The period `at` falls in; a reader of [`WindowStats::settled_since`] starts from it.
+    pub fn period_at(&self, at: Instant) -> u64 {
+        self.period(at)
+    }
+
+    /// Requests and errors recorded in the periods after `after` that have ended by `at`, and
+    /// the last of those periods: passed back as `after`, each period is counted once. Periods
+    /// older than the window are gone, so a reader must come back within it.
+    pub fn settled_since(&self, after: u64, at: Instant) -> (u64, u64, u64) {
+        let now = self.period(at);
+        let mut totals = (0, 0);
+        for slot in self.slots.iter() {
+            let period = slot.period.load(Ordering::Acquire);
+            // Stored as period + 1; 0 is a slot never used.
+            if period > after + 1 && period < now + 1 {
+                totals.0 += slot.requests.load(Ordering::Relaxed);
+                totals.1 += slot.errors.load(Ordering::Relaxed);
+            }
+        }
+        (totals.0, totals.1, now.saturating_sub(1).max(after))
+    }
+
     /// Requests and errors in the window, without percentiles: what the guard needs.
     pub fn counts(&self) -> (u64, u64) {
         self.counts_at(Instant::now())
@@ -247,6 +269,21 @@ mod tests {
             p99 >= Duration::from_millis(900) && p99 < Duration::from_millis(1300),
             "{p99:?}"
         );
+    }
+
+    #[test]
+    fn settled_periods_are_counted_once_and_the_current_one_later() {
+        let stats = WindowStats::new(Duration::from_secs(30));
+        let t0 = process_start() + Duration::from_secs(200);
+        let start = stats.period_at(t0);
+        stats.record_at(t0, Duration::from_millis(1), false);
+        stats.record_at(t0 + Duration::from_secs(1), Duration::from_millis(1), true);
+        stats.record_at(t0 + Duration::from_secs(2), Duration::from_millis(1), false);
+        // At t0 + 2s the period of t0 + 1s has ended, the one of t0 + 2s has not.
+        let (requests, errors, last) = stats.settled_since(start, t0 + Duration::from_secs(2));
+        assert_eq!((requests, errors), (1, 1));
+        let (requests, errors, _) = stats.settled_since(last, t0 + Duration::from_secs(3));
+        assert_eq!((requests, errors), (1, 0));
     }
 
     #[test]

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::bucket::BUCKETS;
+use crate::config::{Config, RouteSpec};
 use crate::control::guard::Guard;
 use crate::control::overrides::{Kill, Overrides};
 use crate::control::window::WindowStats;
@@ -87,8 +88,9 @@ impl Snapshot {
                 let targets = spec
                     .split
                     .iter()
-                    .zip(upper_buckets(spec.split.iter().map(|&(_, share)| share)))
-                    .map(|(&(backend, share), upper_bucket)| {
+                    .zip(shares_in_force(spec, &overrides))
+                    .zip(upper_buckets(shares_in_force(spec, &overrides)))
+                    .map(|((&(backend, configured), share), upper_bucket)| {
                         let backend = upstreams[backend].clone();
                         let key = (name.clone(), backend.name.clone(), window);
                         let stats = carried
@@ -100,6 +102,7 @@ impl Snapshot {
                         LiveTarget {
                             telemetry: TargetTelemetry::new(&name, &backend.name),
                             backend,
+                            configured,
                             share,
                             upper_bucket,
                             window: stats,
@@ -158,14 +161,32 @@ impl Snapshot {
         }
     }
 
-    /// The same config with other runtime overrides: only the routes' kills change.
+    /// The same config with other runtime overrides: only the routes' kills and the shares
+    /// their ramps give change.
     pub fn with_overrides(&self, overrides: Arc<Overrides>) -> Snapshot {
         let routes = self
+            .config
             .routes
             .iter()
-            .map(|route| LiveRoute {
-                kill: kill_of(&route.name, route.killed_in_config, &overrides),
-                ..route.clone()
+            .zip(self.routes.iter())
+            .map(|(spec, route)| {
+                let shares = shares_in_force(spec, &overrides);
+                let targets = route
+                    .targets
+                    .iter()
+                    .zip(upper_buckets(shares.iter().copied()))
+                    .zip(&shares)
+                    .map(|((target, upper_bucket), &share)| LiveTarget {
+                        share,
+                        upper_bucket,
+                        ..target.clone()
+                    })
+                    .collect();
+                LiveRoute {
+                    kill: kill_of(&route.name, route.killed_in_config, &overrides),
+                    targets,
+                    ..route.clone()
+                }
             })
             .collect();
         Snapshot {
@@ -195,6 +216,30 @@ impl Snapshot {
             }
             telemetry::route_killed(&route.name, route.kill.is_some());
         }
+        for spec in &self.config.routes {
+            if let (Some(ramp), Some(progress)) = (&spec.ramp, self.overrides.ramps.get(&spec.name))
+            {
+                if progress.follows(&ramp.plan) {
+                    telemetry::ramp_step_percent(
+                        &spec.name,
+                        progress.share_in_force(spec.split[1].1),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Each target's share in basis points, stable first: the YAML's split, or the share the
+/// route's ramp gives `to` with stable taking the rest.
+fn shares_in_force(spec: &RouteSpec, overrides: &Overrides) -> Vec<u32> {
+    let yaml = spec.split.iter().map(|&(_, share)| share);
+    match (&spec.ramp, overrides.ramps.get(&spec.name)) {
+        (Some(ramp), Some(progress)) if progress.follows(&ramp.plan) && spec.split.len() == 2 => {
+            let to = progress.share_in_force(spec.split[1].1);
+            vec![BUCKETS - to, to]
+        }
+        _ => yaml.collect(),
     }
 }
 

@@ -77,7 +77,9 @@ pub struct LiveRoute {
 #[derive(Clone)]
 pub struct LiveTarget {
     pub backend: Arc<Upstream>,
-    /// Configured share, in basis points.
+    /// The YAML's share, in basis points.
+    pub configured: u32,
+    /// The share in force, in basis points: the YAML's, or what the route's ramp gives.
     pub share: u32,
     /// This target owns buckets from the previous target's `upper_bucket` up to this one.
     pub upper_bucket: u16,

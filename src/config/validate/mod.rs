@@ -3,8 +3,9 @@
 //!
 //! This file owns the entry point, the `Validator` and its generic checks (addresses,
 //! names, durations, listeners, flags); backends and routes are in `route`, a route's
-//! `shadow:` in `shadow`.
+//! `shadow:` in `shadow`, its `ramp:` in `ramp`.
 
+mod ramp;
 mod route;
 mod shadow;
 

@@ -106,6 +106,15 @@ impl Validator<'_> {
             let stable = split.first().map_or(stable, |&(index, _)| index);
             self.shadow(&format!("{path}.shadow"), s, stable, declared, backends)
         });
+        let ramp = raw.ramp.as_ref().and_then(|r| {
+            self.ramp(
+                &format!("{path}.ramp"),
+                r,
+                &split,
+                shadow.as_ref(),
+                backends,
+            )
+        });
         if self.errors.len() > errors_before {
             return None;
         }
@@ -120,6 +129,7 @@ impl Validator<'_> {
             guard,
             fallback: raw.fallback,
             shadow,
+            ramp,
         })
     }
 

@@ -1,0 +1,292 @@
+//! Where each ramp stands, as kept in `state_file`: its step, the share it gives `to`, the time
+//! already spent at the step, whether it runs, and its history. Every change a person or the
+//! schedule makes is a method here, so the rules are tested without a server.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bucket::format_percent;
+use crate::control::ramp::Plan;
+
+/// History entries kept per ramp (the oldest are dropped).
+const HISTORY: usize = 50;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RampState {
+    /// Moves on when its gate holds over `every`.
+    Running,
+    /// Holds its step until resumed.
+    Paused,
+    /// Stopped by its gate or a person: the YAML's split applies until resumed.
+    Aborted,
+    /// Held its last step: stays there.
+    Complete,
+}
+
+impl RampState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RampState::Running => "running",
+            RampState::Paused => "paused",
+            RampState::Aborted => "aborted",
+            RampState::Complete => "complete",
+        }
+    }
+}
+
+/// One thing that happened to a ramp.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampEvent {
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// `to`'s percent after the event.
+    pub percent: f64,
+    pub event: String,
+}
+
+/// A ramp's place, persisted in `state_file`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RampProgress {
+    /// The schedule this place is in: another `to` or other `steps` restart it.
+    pub to: String,
+    /// Basis points.
+    pub steps: Vec<u32>,
+    /// Index into `steps`.
+    pub step: usize,
+    /// `to`'s share in basis points while the ramp holds it: the step's, or what users
+    /// already had when an edit left no step that high.
+    pub share: u32,
+    /// Time at this step while running, as of the last checkpoint.
+    pub spent_ms: u64,
+    pub state: RampState,
+    /// Why it is paused or aborted.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Changes whenever the step or the state does: evidence gathered before belongs to
+    /// another step, or to time the ramp did not run.
+    pub epoch: u64,
+    #[serde(default)]
+    pub history: Vec<RampEvent>,
+}
+
+/// Why a person's action does not apply.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl RampProgress {
+    /// A ramp seen for the first time: at the first step that gives `to` at least `had`
+    /// (its share in the YAML's split), so no user moves back; complete at `had` when no
+    /// step is that high.
+    pub fn start(plan: &Plan, had: u32) -> RampProgress {
+        let mut progress = RampProgress {
+            to: plan.to.clone(),
+            steps: plan.steps.clone(),
+            step: 0,
+            share: had,
+            spent_ms: 0,
+            state: RampState::Running,
+            reason: None,
+            epoch: 1,
+            history: Vec::new(),
+        };
+        progress.place_at_or_above(had, "ramp started");
+        progress
+    }
+
+    /// This place after the config was loaded again. The same `to` and `steps` keep it (an
+    /// edit of `every` or the gate applies from now on); otherwise the schedule restarts at the
+    /// first new step at or above what users have, or completes there.
+    pub fn follow_edit(self, plan: &Plan, yaml_share: u32) -> RampProgress {
+        if self.follows(plan) {
+            return self;
+        }
+        let had = if self.to == plan.to {
+            self.share_in_force(yaml_share)
+        } else {
+            yaml_share
+        };
+        let what = if self.to == plan.to {
+            "steps changed: schedule restarted"
+        } else {
+            "`to` changed: schedule restarted"
+        };
+        let mut progress = RampProgress {
+            to: plan.to.clone(),
+            steps: plan.steps.clone(),
+            share: had,
+            spent_ms: 0,
+            epoch: self.epoch + 1,
+            ..self
+        };
+        // A new schedule runs, unless a person stopped the old one.
+        if progress.state == RampState::Complete {
+            progress.state = RampState::Running;
+        }
+        progress.place_at_or_above(had, what);
+        progress
+    }
+
+    /// Whether this place belongs to `plan`'s schedule.
+    pub fn follows(&self, plan: &Plan) -> bool {
+        self.to == plan.to && self.steps == plan.steps
+    }
+
+    /// `to`'s share in basis points while this ramp is in force; an aborted ramp gives back
+    /// the YAML's.
+    pub fn share_in_force(&self, yaml_share: u32) -> u32 {
+        match self.state {
+            RampState::Aborted => yaml_share,
+            _ => self.share,
+        }
+    }
+
+    pub fn spent(&self) -> Duration {
+        Duration::from_millis(self.spent_ms)
+    }
+
+    pub fn percent(&self) -> f64 {
+        f64::from(self.share) / 100.0
+    }
+
+    /// The schedule moved to step `next` after the gate held.
+    pub fn advance(&mut self, next: usize, evidence: &str) {
+        self.move_to(next);
+        let event = format!("step {}% after {evidence}", format_percent(self.share));
+        self.record(event);
+    }
+
+    /// The last step held its time.
+    pub fn complete(&mut self, evidence: &str) {
+        self.state = RampState::Complete;
+        self.epoch += 1;
+        self.record(format!("complete after {evidence}"));
+    }
+
+    /// The gate failed: the route is killed and the ramp stops until a person resumes it.
+    pub fn fail(&mut self, reason: &str) {
+        self.state = RampState::Aborted;
+        self.reason = Some(reason.to_owned());
+        self.epoch += 1;
+        self.record(format!("aborted: {reason}"));
+    }
+
+    pub fn pause(&mut self, by: &str, spent: Duration) -> Result<bool, Refused> {
+        match self.state {
+            RampState::Running => {
+                self.state = RampState::Paused;
+                self.spent_ms = millis(spent);
+                self.reason = Some(format!("paused by {by}"));
+                self.epoch += 1;
+                self.record(format!("paused by {by}"));
+                Ok(true)
+            }
+            RampState::Paused => Ok(false),
+            state => Err(self.refusal("pause", state)),
+        }
+    }
+
+    /// Paused: runs again, with the time already spent. Aborted: runs again at the step it
+    /// stopped at, from the start of that step.
+    pub fn resume(&mut self, by: &str) -> Result<bool, Refused> {
+        match self.state {
+            RampState::Paused => {}
+            RampState::Aborted => self.spent_ms = 0,
+            RampState::Running => return Ok(false),
+            state => return Err(self.refusal("resume", state)),
+        }
+        self.state = RampState::Running;
+        self.reason = None;
+        self.epoch += 1;
+        self.record(format!("resumed by {by}"));
+        Ok(true)
+    }
+
+    /// The next step now, gate skipped; the last step completes the ramp.
+    pub fn promote(&mut self, by: &str, reason: &str) -> Result<(), Refused> {
+        match self.state {
+            RampState::Running | RampState::Paused => {}
+            state => return Err(self.refusal("promote", state)),
+        }
+        let why = format!("promoted by {by}: {reason}");
+        if self.step + 1 < self.steps.len() && self.steps[self.step + 1] > self.share {
+            self.move_to(self.step + 1);
+            self.record(format!("step {}% {why}", format_percent(self.share)));
+        } else {
+            self.state = RampState::Complete;
+            self.reason = None;
+            self.epoch += 1;
+            self.record(format!("complete: {why}"));
+        }
+        Ok(())
+    }
+
+    /// Back to the YAML's split; `Ok(false)` when already aborted.
+    pub fn abort(&mut self, by: &str, reason: &str) -> bool {
+        if self.state == RampState::Aborted {
+            return false;
+        }
+        self.fail(&format!("by {by}: {reason}"));
+        true
+    }
+
+    fn move_to(&mut self, step: usize) {
+        self.step = step;
+        self.share = self.share.max(self.steps[step]);
+        self.spent_ms = 0;
+        self.epoch += 1;
+    }
+
+    /// Puts the ramp at the first step giving `to` at least `had`, or completes it at `had`.
+    fn place_at_or_above(&mut self, had: u32, what: &str) {
+        match self.steps.iter().position(|&share| share >= had) {
+            Some(step) => {
+                self.step = step;
+                self.share = self.steps[step];
+                self.record(format!("{what} at {}%", format_percent(self.share)));
+            }
+            None => {
+                self.step = self.steps.len().saturating_sub(1);
+                self.share = had;
+                if self.state == RampState::Running || self.state == RampState::Paused {
+                    self.state = RampState::Complete;
+                }
+                self.record(format!(
+                    "{what}: {}% is already at or above every step, nothing to ramp",
+                    format_percent(had)
+                ));
+            }
+        }
+    }
+
+    fn refusal(&self, action: &str, state: RampState) -> Refused {
+        let hint = match state {
+            RampState::Aborted => " (`ramp resume` runs it again at its step)",
+            RampState::Complete => " (edit `ramp:` in the config to start another)",
+            _ => "",
+        };
+        Refused(format!(
+            "cannot {action} a ramp that is {}{hint}",
+            state.as_str()
+        ))
+    }
+
+    fn record(&mut self, event: String) {
+        if self.history.len() >= HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(RampEvent {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            percent: self.percent(),
+            event,
+        });
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
