@@ -70,6 +70,33 @@ fn summary(path: &Path, config: &Config) -> String {
                 let _ = write!(out, " (noise from {})", config.backends[noise].name);
             }
         }
+        if let Some(ramp) = &route.ramp {
+            let steps: Vec<String> = ramp
+                .plan
+                .steps
+                .iter()
+                .map(|&s| format!("{}%", format_percent(s)))
+                .collect();
+            let gate = &ramp.plan.gate;
+            let mut limits = vec![format!("{} requests", gate.min_requests)];
+            if let Some(max) = gate.max_error_rate {
+                limits.push(format!("errors ≤ {max}%"));
+            }
+            if let Some(max) = gate.max_latency_ratio {
+                limits.push(format!("p99 ≤ {max}× stable's"));
+            }
+            if let Some(max) = gate.max_mismatch_rate {
+                limits.push(format!("mismatches ≤ {max}%"));
+            }
+            let _ = write!(
+                out,
+                "; ramp {} {} every {} (gate: {})",
+                ramp.plan.to,
+                steps.join(" → "),
+                humantime::format_duration(ramp.plan.every),
+                limits.join(", ")
+            );
+        }
         if route.kill {
             let _ = write!(
                 out,

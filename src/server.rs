@@ -25,6 +25,7 @@ use crate::control::Control;
 use crate::flags_api::{self, FlagsApi};
 use crate::listener::{self, Connection, Limits};
 use crate::proxy::Proxy;
+use crate::snapshot::Snapshot;
 use crate::telemetry;
 
 /// Builds the tokio runtime (`threads` workers, default: one per core) and serves.
@@ -185,7 +186,7 @@ impl Server {
             flags = %flags_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
             generation = live.load().generation,
             "cutover listening; routes: {}",
-            describe_routes(&config)
+            describe_routes(&live.load())
         );
         Ok(Server {
             proxy_addr,
@@ -263,22 +264,25 @@ async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding the {what} listener on {addr}"))
 }
 
-fn describe_routes(config: &Config) -> String {
-    if config.routes.is_empty() {
+/// Each route's backends with the share in force (a ramp's, or all to stable when killed).
+fn describe_routes(snapshot: &Snapshot) -> String {
+    if snapshot.routes.is_empty() {
         return "none".to_owned();
     }
-    config
+    snapshot
         .routes
         .iter()
         .map(|route| {
             let split: Vec<String> = route
-                .split
+                .targets
                 .iter()
-                .map(|&(b, share)| {
-                    format!("{} {}%", config.backends[b].name, format_percent(share))
+                .zip(route.effective_shares())
+                .map(|(target, share)| {
+                    format!("{} {}%", target.backend.name, format_percent(share))
                 })
                 .collect();
-            format!("{} [{}]", route.name, split.join(", "))
+            let killed = if route.kill.is_some() { " KILLED" } else { "" };
+            format!("{} [{}]{killed}", route.name, split.join(", "))
         })
         .collect::<Vec<_>>()
         .join(", ")

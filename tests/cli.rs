@@ -398,3 +398,49 @@ fn check_validates_shadow_and_warns_about_copied_writes() {
     // Every error points at its line.
     assert!(stderr.contains(&format!("{}:", path.display())), "{stderr}");
 }
+
+#[test]
+fn check_summarizes_a_ramp_and_rejects_one_that_cannot_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    let backends = "backends:\n  legacy: {url: 'http://127.0.0.1:1'}\n  v2: {url: 'http://127.0.0.1:2'}\n  v3: {url: 'http://127.0.0.1:3'}\n";
+    std::fs::write(
+        &path,
+        format!(
+            "{backends}routes:\n  - name: orders\n    match: {{path_prefix: /orders}}\n    split: {{legacy: 100, v2: 0}}\n    ramp:\n      to: v2\n      steps: [1, 5, 25, 100]\n      every: 10m\n      gate: {{max_latency_ratio: 1.5}}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&path);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("ramp v2 1% → 5% → 25% → 100% every 10m (gate: 100 requests, errors ≤ 1%, p99 ≤ 1.5× stable's)"),
+        "{stdout}"
+    );
+
+    std::fs::write(
+        &path,
+        format!(
+            "{backends}routes:\n  - name: orders\n    match: {{path_prefix: /orders}}\n    split: {{legacy: 90, v2: 5, v3: 5}}\n    ramp:\n      to: v2\n      steps: [5, 1, 0, 120]\n      every: 0s\n      gate: {{min_requests: 0, max_latency_ratio: 0.5, max_mismatch_rate: 1}}\n  - name: other\n    match: {{path_prefix: /other}}\n    split: {{legacy: 100}}\n    ramp: {{to: v2, steps: [50], every: 1m}}\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path);
+    assert!(!ok);
+    for expected in [
+        "routes[0].ramp: a ramped route splits between its stable backend and `to` only",
+        "routes[0].ramp.steps[1]: 1% after 5%: steps only go up",
+        "routes[0].ramp.steps[2]: a step gives more than 0%",
+        "routes[0].ramp.steps[3]: 120 is not a percentage from 0 to 100",
+        "routes[0].ramp.every: must be greater than zero",
+        "routes[0].ramp.gate.min_requests: must be at least 1",
+        "routes[0].ramp.gate.max_latency_ratio: 0.5 must be at least 1",
+        "routes[0].ramp.gate.max_mismatch_rate: needs `shadow:` to \"v2\"",
+        "routes[1].ramp.to: \"v2\" must be in this route's split",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}

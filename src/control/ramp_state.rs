@@ -290,3 +290,130 @@ impl RampProgress {
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::ramp::Gate;
+
+    fn plan(steps: &[u32]) -> Plan {
+        Plan {
+            to: "v2".into(),
+            steps: steps.to_vec(),
+            every: Duration::from_secs(600),
+            gate: Gate {
+                min_requests: 100,
+                max_error_rate: Some(1.0),
+                max_latency_ratio: None,
+                max_mismatch_rate: None,
+            },
+        }
+    }
+
+    const STEPS: [u32; 5] = [100, 500, 2_500, 5_000, 10_000];
+
+    #[test]
+    fn a_new_ramp_starts_where_the_split_already_is() {
+        let start = RampProgress::start(&plan(&STEPS), 0);
+        assert_eq!((start.step, start.share), (0, 100));
+        // The split already gives 5%: the ramp starts there, not at 1%.
+        let start = RampProgress::start(&plan(&STEPS), 500);
+        assert_eq!((start.step, start.share), (1, 500));
+        // Between steps: the next one up.
+        let start = RampProgress::start(&plan(&STEPS), 700);
+        assert_eq!((start.step, start.share), (2, 2_500));
+        // Above every step: nothing to ramp, and no one moves back.
+        let start = RampProgress::start(&plan(&[100, 500]), 700);
+        assert_eq!((start.state, start.share), (RampState::Complete, 700));
+    }
+
+    #[test]
+    fn an_edit_keeps_the_place_or_restarts_without_moving_anyone_back() {
+        let mut at_25 = RampProgress::start(&plan(&STEPS), 0);
+        at_25.advance(1, "test");
+        at_25.advance(2, "test");
+        at_25.spent_ms = 180_000;
+        // Another gate or `every`: the same place and time.
+        let mut other_gate = plan(&STEPS);
+        other_gate.every = Duration::from_secs(60);
+        other_gate.gate.min_requests = 10;
+        assert_eq!(at_25.clone().follow_edit(&other_gate, 0), at_25);
+        // New steps: the first at or above 25%, from its start.
+        let edited = at_25
+            .clone()
+            .follow_edit(&plan(&[1_000, 2_000, 3_000, 10_000]), 0);
+        assert_eq!((edited.step, edited.share, edited.spent_ms), (2, 3_000, 0));
+        assert_eq!(edited.state, RampState::Running);
+        // No step as high: complete at what users have.
+        let edited = at_25.clone().follow_edit(&plan(&[500, 1_000]), 0);
+        assert_eq!((edited.state, edited.share), (RampState::Complete, 2_500));
+        // Another `to` starts at its own share in the split.
+        let mut to_v3 = plan(&STEPS);
+        to_v3.to = "v3".into();
+        let edited = at_25.clone().follow_edit(&to_v3, 0);
+        assert_eq!(
+            (edited.to.as_str(), edited.step, edited.share),
+            ("v3", 0, 100)
+        );
+        // An aborted ramp stays aborted through an edit: only a person resumes it.
+        let mut aborted = at_25;
+        aborted.fail("ramp: v2 errors");
+        let edited = aborted.follow_edit(&plan(&[1_000, 3_000, 10_000]), 0);
+        assert_eq!(edited.state, RampState::Aborted);
+        assert_eq!(edited.share_in_force(0), 0, "aborted: the YAML's share");
+    }
+
+    #[test]
+    fn people_pause_resume_promote_and_abort() {
+        let mut ramp = RampProgress::start(&plan(&STEPS), 0);
+        assert_eq!(ramp.pause("cli", Duration::from_secs(42)), Ok(true));
+        assert_eq!((ramp.state, ramp.spent_ms), (RampState::Paused, 42_000));
+        assert_eq!(
+            ramp.pause("cli", Duration::ZERO),
+            Ok(false),
+            "already paused"
+        );
+        assert_eq!(ramp.resume("api"), Ok(true));
+        assert_eq!((ramp.state, ramp.spent_ms), (RampState::Running, 42_000));
+        let epoch = ramp.epoch;
+        ramp.promote("api", "dashboards look fine").unwrap();
+        assert_eq!((ramp.step, ramp.share, ramp.spent_ms), (1, 500, 0));
+        assert!(ramp.epoch > epoch, "new evidence for the new step");
+        assert!(ramp
+            .history
+            .last()
+            .unwrap()
+            .event
+            .contains("dashboards look fine"));
+        assert!(ramp.abort("cli", "rollback drill"));
+        assert_eq!(ramp.share_in_force(0), 0);
+        assert!(
+            ramp.promote("api", "x").is_err(),
+            "an aborted ramp is resumed first"
+        );
+        assert!(ramp.pause("api", Duration::ZERO).is_err());
+        assert_eq!(ramp.resume("cli"), Ok(true));
+        assert_eq!(
+            (ramp.state, ramp.step, ramp.share),
+            (RampState::Running, 1, 500)
+        );
+        // Promoting past the last step completes the ramp.
+        for _ in 0..4 {
+            ramp.promote("api", "go").unwrap();
+        }
+        assert_eq!((ramp.state, ramp.share), (RampState::Complete, 10_000));
+        assert!(ramp.resume("api").is_err());
+    }
+
+    #[test]
+    fn the_state_file_round_trips_and_history_is_bounded() {
+        let mut ramp = RampProgress::start(&plan(&STEPS), 0);
+        for _ in 0..HISTORY + 10 {
+            ramp.pause("api", Duration::ZERO).unwrap();
+            ramp.resume("api").unwrap();
+        }
+        assert_eq!(ramp.history.len(), HISTORY);
+        let text = serde_json::to_string(&ramp).unwrap();
+        assert_eq!(serde_json::from_str::<RampProgress>(&text).unwrap(), ramp);
+    }
+}
