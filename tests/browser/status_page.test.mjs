@@ -84,6 +84,11 @@ routes:
     stable: legacy
     guard: { max_error_rate: 50, min_requests: 100000, window: 30s }
     shadow: { to: new, percent: 100 }
+  - name: ramped
+    match:
+      path_prefix: /api/ramped
+    split: { legacy: 100, new: 0 }
+    ramp: { to: new, steps: [1, 50, 100], every: 1h, gate: { min_requests: 1000000, max_latency_ratio: 2 } }
 ${extraRoute}  - name: everything-else
     match:
       path_prefix: /
@@ -358,6 +363,20 @@ test('a shadowed route shows its results and links to its samples', { timeout: 2
   const diffs = await request(env.admin, 'GET', '/api/routes/checkout/diffs');
   assert.equal(diffs.status, 200);
   assert.ok(JSON.parse(diffs.body).samples.length > 0);
+});
+
+test('a ramping route shows its step, why it holds, its gate and its history', { timeout: 20000 }, async () => {
+  const { page } = env;
+  const card = route('ramped');
+  await page.waitForSelector(card + ' .ramp-line', { state: 'visible' });
+  assert.match(await page.textContent(card + ' .ramp-line'),
+    /^Ramp to new: step 1 of 3 \(1%\) · running · waiting for traffic: \d+ of 1000000 · steps \[1%\] → 50% → 100% every 3600 s$/);
+  assert.match(await page.textContent(card + ' .ramp-gate'),
+    /requests \d+ \(≥ 1000000, NOT MET\) · error rate – \(≤ 1%, ok\) · latency ratio .* \(≤ 2×, ok\)/);
+  assert.match(await page.textContent(card + ' .ramp-history li'), /· 1% · ramp started at 1%$/);
+  // The ramp's share is what is in effect; the YAML's is what is configured.
+  assert.equal(await page.isVisible(card + ' .configured'), true);
+  assert.equal(await page.isVisible(route('checkout') + ' .ramp'), false);
 });
 
 test('sparklines fill from the samples the page keeps', { timeout: 20000 }, async () => {

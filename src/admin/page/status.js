@@ -407,9 +407,15 @@
     const shadowText = el('span');
     const shadowLink = el('a', null, 'mismatch samples');
     shadow.append(shadowText, ' ', shadowLink);
-    view.card.append(bars, table, guard, shadow);
+    const ramp = el('div', 'ramp');
+    const rampLine = el('p', 'ramp-line');
+    const rampGate = el('p', 'ramp-gate');
+    const rampHistory = el('ol', 'ramp-history');
+    ramp.append(rampLine, rampGate, rampHistory);
+    view.card.append(bars, table, guard, shadow, ramp);
     return Object.assign(view, {
       effLabel, effBar, cfgRow, cfgBar, rows, guard, shadow, shadowText, shadowLink,
+      ramp, rampLine, rampGate, rampHistory, rampHistoryKey: '',
       shape: '', rowsByName: new Map(), barsKey: '',
     });
   }
@@ -492,6 +498,37 @@
         ' requests); ' + stats + '.'
       : 'No guard; ' + stats + '.');
     updateShadow(view, route.shadow);
+    updateRamp(view, route.ramp);
+  }
+
+  // A ramp: where it stands, why it holds, each gate reading against its threshold, and its
+  // last steps.
+  function updateRamp(view, ramp) {
+    show(view.ramp, !!ramp);
+    if (!ramp) return;
+    const steps = ramp.steps.map((s, i) => (i + 1 === ramp.step ? '[' + pct(s) + ']' : pct(s)));
+    let line = 'Ramp to ' + ramp.to + ': step ' + ramp.step + ' of ' + ramp.steps.length + ' (' +
+      pct(ramp.percent) + ') · ' + ramp.state;
+    if (ramp.holding) line += ' · ' + ramp.holding;
+    else if (ramp.reason) line += ' · ' + ramp.reason;
+    line += ' · steps ' + steps.join(' → ') + ' every ' + ramp.every_seconds + ' s';
+    setText(view.rampLine, line);
+    view.ramp.classList.toggle('bad-text', ramp.state === 'aborted');
+    const units = { requests: '', error_rate: '%', latency_ratio: '×', mismatch_rate: '%' };
+    setText(view.rampGate, 'Gate over ' + ramp.time_at_step_seconds + ' s at this step: ' +
+      ramp.gate.map((g) => {
+        const unit = units[g.name] || '';
+        const value = g.value == null ? '–' : g.value + unit;
+        const bound = (g.name === 'requests' ? '≥ ' : '≤ ') + g.threshold + unit;
+        return g.name.replace('_', ' ') + ' ' + value + ' (' + bound + (g.ok ? ', ok)' : ', NOT MET)');
+      }).join(' · '));
+    const recent = ramp.history.slice(-5).reverse();
+    const key = JSON.stringify(recent);
+    if (key !== view.rampHistoryKey) {
+      view.rampHistoryKey = key;
+      view.rampHistory.replaceChildren(...recent.map((e) =>
+        el('li', null, e.at + ' · ' + pct(e.percent) + ' · ' + e.event)));
+    }
   }
 
   function updateShadow(view, shadow) {
