@@ -71,12 +71,6 @@ fn summary(path: &Path, config: &Config) -> String {
             }
         }
         if let Some(ramp) = &route.ramp {
-            let steps: Vec<String> = ramp
-                .plan
-                .steps
-                .iter()
-                .map(|&s| format!("{}%", format_percent(s)))
-                .collect();
             let gate = &ramp.plan.gate;
             let mut limits = vec![format!("{} requests", gate.min_requests)];
             if let Some(max) = gate.max_error_rate {
@@ -92,7 +86,7 @@ fn summary(path: &Path, config: &Config) -> String {
                 out,
                 "; ramp {} {} every {} (gate: {})",
                 ramp.plan.to,
-                steps.join(" → "),
+                describe_steps(&ramp.plan.steps),
                 humantime::format_duration(ramp.plan.every),
                 limits.join(", ")
             );
@@ -130,6 +124,15 @@ fn summary(path: &Path, config: &Config) -> String {
                 })
                 .collect();
             let _ = write!(out, "; rollout {}", shares.join(", "));
+        }
+        if let Some(ramp) = &flag.ramp {
+            let _ = write!(
+                out,
+                "; ramp {} {} every {}",
+                ramp.plan.to,
+                describe_steps(&ramp.plan.steps),
+                humantime::format_duration(ramp.plan.every)
+            );
         }
         if flag.kill {
             let _ = write!(out, "; KILLED");
@@ -177,4 +180,13 @@ fn describe_sticky(sticky: &StickySource) -> String {
         StickySource::Query(name) => format!("query {name}"),
         StickySource::ClientIp => "client ip".to_owned(),
     }
+}
+
+/// `1% → 5% → 25%`.
+fn describe_steps(steps: &[u32]) -> String {
+    steps
+        .iter()
+        .map(|&s| format!("{}%", format_percent(s)))
+        .collect::<Vec<_>>()
+        .join(" → ")
 }

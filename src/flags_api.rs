@@ -270,7 +270,8 @@ fn evaluation<'a>(
     index: usize,
     context: &(impl Context + ?Sized),
 ) -> Evaluated<'a> {
-    let (key, flag) = &snapshot.config.flags[index];
+    let key = &snapshot.config.flags[index].0;
+    let flag = snapshot.flag_in_force(index);
     let killed = snapshot.overrides.flags.contains_key(key);
     let result = evaluate(flag, key, context, killed);
     snapshot.flag_telemetry[index].record(result.index, result.reason);

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use cutover::admin::client as cli;
-use cutover::admin::client::{AdminClient, Switched};
+use cutover::admin::client::{AdminClient, RampTarget, Switched};
 use cutover::demo::DemoPorts;
 use cutover::{check, demo, server, telemetry};
 
@@ -86,11 +86,15 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// A route's ramp: where it stands, or a hand on it.
+    /// A route's (or, with --flag, a flag's) ramp: where it stands, or a hand on it.
     Ramp {
         #[arg(value_enum)]
         action: RampCommand,
-        route: String,
+        #[arg(required_unless_present = "flag", conflicts_with = "flag")]
+        route: Option<String>,
+        /// A feature flag's ramp instead of a route's.
+        #[arg(long)]
+        flag: Option<String>,
         /// Recorded in the ramp's history (promote, abort).
         #[arg(long)]
         reason: Option<String>,
@@ -178,6 +182,14 @@ where
     }
 }
 
+/// clap makes sure exactly one of the two is given.
+fn ramp_target(route: Option<String>, flag: Option<String>) -> RampTarget {
+    match flag {
+        Some(key) => RampTarget::Flag(key),
+        None => RampTarget::Route(route.unwrap_or_default()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -239,18 +251,21 @@ fn main() -> ExitCode {
         Command::Ramp {
             action: RampCommand::Status,
             route,
+            flag,
             admin,
             ..
         } => {
             let client = admin.client();
+            let target = ramp_target(route, flag);
             server::run_blocking(Some(1), async move {
-                print!("{}", client.ramp_status(&route).await?);
+                print!("{}", client.ramp_status(&target).await?);
                 Ok(())
             })
         }
         Command::Ramp {
             action,
             route,
+            flag,
             reason,
             kill,
             admin,
@@ -266,7 +281,8 @@ fn main() -> ExitCode {
                 RampCommand::Status | RampCommand::Abort => "abort",
             };
             let client = admin.client();
-            return switch_call(async move { client.ramp(&route, action, reason, kill).await });
+            let target = ramp_target(route, flag);
+            return switch_call(async move { client.ramp(&target, action, reason, kill).await });
         }
         Command::Diffs { route, admin } => {
             let client = admin.client();

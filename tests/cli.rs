@@ -432,7 +432,7 @@ fn check_summarizes_a_ramp_and_rejects_one_that_cannot_work() {
         "routes[0].ramp.steps[1]: 1% after 5%: steps only go up",
         "routes[0].ramp.steps[2]: a step gives more than 0%",
         "routes[0].ramp.steps[3]: 120 is not a percentage from 0 to 100",
-        "routes[0].ramp.every: must be greater than zero",
+        "routes[0].ramp.every: must be between 1s and 30 days",
         "routes[0].ramp.gate.min_requests: must be at least 1",
         "routes[0].ramp.gate.max_latency_ratio: 0.5 must be at least 1",
         "routes[0].ramp.gate.max_mismatch_rate: needs `shadow:` to \"v2\"",

@@ -164,22 +164,33 @@ impl AdminClient {
 }
 
 impl AdminClient {
-    /// `cutover ramp status ROUTE`: the route's ramp from `/api/status`.
-    pub async fn ramp_status(&self, route: &str) -> anyhow::Result<String> {
+    /// `cutover ramp status ROUTE` (or `--flag KEY`): the ramp from `/api/status`.
+    pub async fn ramp_status(&self, target: &RampTarget) -> anyhow::Result<String> {
         let status = self.status().await?;
-        let Some(found) = status.routes.iter().find(|r| r.name == route) else {
-            bail!("no route named {route:?}");
+        let (what, ramp) = match target {
+            RampTarget::Route(route) => {
+                let Some(found) = status.routes.iter().find(|r| &r.name == route) else {
+                    bail!("no route named {route:?}");
+                };
+                (format!("route {route}"), found.ramp.as_ref())
+            }
+            RampTarget::Flag(key) => {
+                let Some(found) = status.flags.iter().find(|f| &f.key == key) else {
+                    bail!("no flag named {key:?}");
+                };
+                (format!("flag {key}"), found.ramp.as_ref())
+            }
         };
-        match &found.ramp {
-            Some(ramp) => Ok(ramp.render(route)),
-            None => bail!("route {route:?} has no ramp: in the config"),
+        match ramp {
+            Some(ramp) => Ok(ramp.render(&what)),
+            None => bail!("{what} has no ramp: in the config"),
         }
     }
 
-    /// `cutover ramp pause|resume|promote|abort ROUTE`.
+    /// `cutover ramp pause|resume|promote|abort ROUTE` (or `--flag KEY`).
     pub async fn ramp(
         &self,
-        route: &str,
+        target: &RampTarget,
         action: &str,
         reason: Option<String>,
         kill: bool,
@@ -191,13 +202,22 @@ impl AdminClient {
         if kill {
             body["kill"] = json!(true);
         }
-        let path = format!("/api/routes/{}/ramp/{action}", path_segment(route));
+        let (path, route) = match target {
+            RampTarget::Route(route) => (
+                format!("/api/routes/{}/ramp/{action}", path_segment(route)),
+                route.as_str(),
+            ),
+            RampTarget::Flag(key) => (
+                format!("/api/flags/{}/ramp/{action}", path_segment(key)),
+                key.as_str(),
+            ),
+        };
         let value = self.post(&path, body).await?;
         let now = format!(
             "ramp {}, step {} at {}%",
             value["state"].as_str().unwrap_or("?"),
             value["step"],
-            value["percent"]
+            value["percent"].as_f64().unwrap_or(0.0)
         );
         let mut summary = if value["changed"].as_bool() == Some(true) {
             format!("{route}: {action}: {now}")
@@ -206,9 +226,14 @@ impl AdminClient {
         };
         if let Some(kill) = value["still_killed"].as_object() {
             summary.push_str(&format!(
-                "\nthe route is still killed by {}: {} (`cutover resume {route}` sends traffic again)",
+                "\n{route} is still killed by {}: {} (`cutover resume {}{route}` undoes that)",
                 kill.get("by").and_then(Value::as_str).unwrap_or("?"),
                 kill.get("reason").and_then(Value::as_str).unwrap_or("?"),
+                if matches!(target, RampTarget::Flag(_)) {
+                    "--flag "
+                } else {
+                    ""
+                },
             ));
         }
         Ok(Switched {
@@ -216,6 +241,12 @@ impl AdminClient {
             persist_error: value["persist_error"].as_str().map(str::to_owned),
         })
     }
+}
+
+/// Whose ramp a `cutover ramp` command is about.
+pub enum RampTarget {
+    Route(String),
+    Flag(String),
 }
 
 /// What a kill or resume did, as the CLI reports it.

@@ -14,6 +14,7 @@
 //! | POST `/api/reload`                   | reload now: 200 with the generation, or 422 with every error |
 //! | GET `/api/routes/{name}/diffs`       | shadow counts and the last mismatches ([`diffs`]) |
 //! | POST `/api/routes/{name}/ramp/{pause,resume,promote,abort}` | drive a ramp by hand (body: optional `{"reason": "...", "kill": true, "source": "cli"}`) |
+//! | POST `/api/flags/{key}/ramp/{pause,resume,promote,abort}` | likewise, a flag's ramp       |
 //!
 //! Every POST is authenticated before anything else is looked at: `Authorization: Bearer
 //! <token>`, 401 without, 403 wrong (compared in constant time). The token is never logged.
@@ -236,8 +237,8 @@ impl Admin {
                 Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
             };
         }
-        if let Some((route, action)) = ramp_action(path) {
-            return self.ramp(route.into_owned(), action, body).await;
+        if let Some((switch, name, action)) = ramp_action(path) {
+            return self.ramp(switch, name.into_owned(), action, body).await;
         }
         let (switch, target, action) = match (path, switch_action(path)) {
             ("/api/kill", _) => (Switch::Route, None, "kill"),
@@ -297,7 +298,13 @@ impl Admin {
 }
 
 impl Admin {
-    async fn ramp(&self, route: String, action: &'static str, body: &[u8]) -> AdminResponse {
+    async fn ramp(
+        &self,
+        switch: Switch,
+        name: String,
+        action: &'static str,
+        body: &[u8],
+    ) -> AdminResponse {
         let request: RampRequest = match parse_body(body) {
             Ok(request) => request,
             Err(message) => return error(StatusCode::BAD_REQUEST, &message),
@@ -322,9 +329,11 @@ impl Admin {
             },
         };
         let control = self.control.clone();
-        let name = route.clone();
-        let outcome =
-            tokio::task::spawn_blocking(move || control.ramp_action(&name, ramp_action, by)).await;
+        let target = name.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            control.ramp_action(switch, &target, ramp_action, by)
+        })
+        .await;
         let Ok(outcome) = outcome else {
             return error(StatusCode::INTERNAL_SERVER_ERROR, "ramp action failed");
         };
@@ -338,7 +347,7 @@ impl Admin {
                 StatusCode::OK,
                 &json!({
                     "action": action,
-                    "route": route,
+                    switch.noun(): name,
                     "changed": changed,
                     "state": progress.state.as_str(),
                     "step": progress.step + 1,
@@ -348,7 +357,7 @@ impl Admin {
                     "persist_error": persisted.err(),
                 }),
             ),
-            Err(err @ (ControlError::Unknown(..) | ControlError::NoRamp(_))) => {
+            Err(err @ (ControlError::Unknown(..) | ControlError::NoRamp(..))) => {
                 error(StatusCode::NOT_FOUND, &err.to_string())
             }
             Err(err @ ControlError::Refused(_)) => error(StatusCode::CONFLICT, &err.to_string()),
@@ -374,9 +383,14 @@ fn source(source: Option<&str>) -> Result<KillSource, String> {
     }
 }
 
-/// `/api/routes/{name}/ramp/{action}` → the route's name, percent-decoded, and the action.
-fn ramp_action(path: &str) -> Option<(Cow<'_, str>, &'static str)> {
-    let rest = path.strip_prefix("/api/routes/")?;
+/// `/api/routes/{name}/ramp/{action}` → `(Route, name, action)`, the name percent-decoded;
+/// likewise `/api/flags/{key}/ramp/{action}`.
+fn ramp_action(path: &str) -> Option<(Switch, Cow<'_, str>, &'static str)> {
+    let (switch, rest) = if let Some(rest) = path.strip_prefix("/api/routes/") {
+        (Switch::Route, rest)
+    } else {
+        (Switch::Flag, path.strip_prefix("/api/flags/")?)
+    };
     let (name, action) = rest.rsplit_once("/ramp/")?;
     let action = ["pause", "resume", "promote", "abort"]
         .into_iter()
@@ -384,7 +398,7 @@ fn ramp_action(path: &str) -> Option<(Cow<'_, str>, &'static str)> {
     if name.is_empty() || name.contains('/') {
         return None;
     }
-    Some((percent_decode_str(name).decode_utf8().ok()?, action))
+    Some((switch, percent_decode_str(name).decode_utf8().ok()?, action))
 }
 
 /// `/api/routes/{name}/diffs` → the route's name, percent-decoded.

@@ -1,16 +1,15 @@
 //! A ramp as status shows it: where it stands, why it holds, each gate reading against its
-//! threshold, and its history. Part of `/api/status`; `cutover ramp status ROUTE` and `cutover
-//! status` print it.
+//! threshold, and its history. Part of `/api/status` (routes and flags); `cutover ramp status`
+//! and `cutover status` print it.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::RampSpec;
-use crate::control::ramp::Readings;
+use crate::control::overrides::Kill;
+use crate::control::ramp::{Plan, Readings};
 use crate::control::ramp_state::{RampEvent, RampProgress, RampState};
 use crate::control::RampLive;
-use crate::snapshot::LiveRoute;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct RampStatus {
@@ -47,19 +46,21 @@ pub struct GateReading {
 }
 
 impl RampStatus {
+    /// `kill` is the route's or flag's kill in force; `noun` says which it is.
     pub fn of(
-        spec: &RampSpec,
+        plan: &Plan,
         progress: &RampProgress,
         live: Option<&RampLive>,
-        route: &LiveRoute,
+        kill: Option<&Kill>,
+        noun: &str,
         yaml_share: u32,
     ) -> RampStatus {
         let live = live.cloned().unwrap_or_default();
-        let (state, reason) = match (&route.kill, live.paused_by_kill) {
+        let (state, reason) = match (kill, live.paused_by_kill) {
             (Some(kill), true) => (
                 "paused".to_owned(),
                 Some(format!(
-                    "the route is killed by {}: {}; resuming it continues the ramp",
+                    "the {noun} is killed by {}: {}; resuming it continues the ramp",
                     kill.by.as_str(),
                     kill.reason
                 )),
@@ -68,25 +69,20 @@ impl RampStatus {
         };
         let running = progress.state == RampState::Running && !live.paused_by_kill;
         RampStatus {
-            to: spec.plan.to.clone(),
+            to: plan.to.clone(),
             state,
             reason,
             step: progress.step + 1,
-            steps: spec
-                .plan
-                .steps
-                .iter()
-                .map(|&s| f64::from(s) / 100.0)
-                .collect(),
+            steps: plan.steps.iter().map(|&s| f64::from(s) / 100.0).collect(),
             percent: f64::from(progress.share_in_force(yaml_share)) / 100.0,
-            every_seconds: spec.plan.every.as_secs_f64(),
+            every_seconds: plan.every.as_secs_f64(),
             time_at_step_seconds: round1(live.spent.as_secs_f64()),
             next_step_in_seconds: live
                 .next_step_in
                 .filter(|_| running)
                 .map(|d| round1(d.as_secs_f64())),
             holding: live.holding.filter(|_| running),
-            gate: gate_readings(spec, &live.readings),
+            gate: gate_readings(plan, &live.readings),
             history: progress.history.clone(),
         }
     }
@@ -109,8 +105,8 @@ impl RampStatus {
         line
     }
 
-    /// The whole ramp for `cutover ramp status ROUTE`.
-    pub fn render(&self, route: &str) -> String {
+    /// The whole ramp for `cutover ramp status`; `what` names it ("route checkout").
+    pub fn render(&self, what: &str) -> String {
         let steps: Vec<String> = self
             .steps
             .iter()
@@ -124,7 +120,7 @@ impl RampStatus {
             })
             .collect();
         let mut out = format!(
-            "route {route}: ramp to {}, {}\nsteps {} every {}\nnow {}% for {}, {}s at this step\n",
+            "{what}: ramp to {}, {}\nsteps {} every {}\nnow {}% for {}, {}s at this step\n",
             self.to,
             self.state,
             steps.join(" → "),
@@ -139,7 +135,9 @@ impl RampStatus {
         if let Some(holding) = &self.holding {
             out.push_str(&format!("holding: {holding}\n"));
         }
-        out.push_str("\ngate over this step:\n");
+        if !self.gate.is_empty() {
+            out.push_str("\ngate over this step:\n");
+        }
         for reading in &self.gate {
             let (relation, unit) = match reading.name.as_str() {
                 "requests" => ("at least", ""),
@@ -168,8 +166,12 @@ impl RampStatus {
     }
 }
 
-fn gate_readings(spec: &RampSpec, readings: &Readings) -> Vec<GateReading> {
-    let gate = &spec.plan.gate;
+/// A flag's ramp has no gate (its `min_requests` is 0 and no threshold is set): no readings.
+fn gate_readings(plan: &Plan, readings: &Readings) -> Vec<GateReading> {
+    let gate = &plan.gate;
+    if gate.min_requests == 0 {
+        return Vec::new();
+    }
     let percent = |part: u64, whole: u64| (whole > 0).then(|| part as f64 * 100.0 / whole as f64);
     let at_most = |name: &str, value: Option<f64>, threshold: f64| GateReading {
         name: name.to_owned(),

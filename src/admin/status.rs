@@ -13,7 +13,7 @@ use crate::admin::ramp::RampStatus;
 use crate::bucket::format_percent;
 use crate::control::overrides::Kill;
 use crate::control::persist::PersistFailure;
-use crate::control::{ramp_of, LastReload, RampLive};
+use crate::control::{flag_ramp_of, ramp_of, LastReload, RampLive, Switch};
 use crate::snapshot::Snapshot;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,12 +39,15 @@ pub struct FlagStatus {
     pub kill: Option<Kill>,
     /// Evaluations since cutover started, over all variants.
     pub evaluations: u64,
+    #[serde(default)]
+    pub ramp: Option<RampStatus>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct VariantStatus {
     pub name: String,
-    /// Share of targeting keys in the flag's `rollout`, in percent.
+    /// Share of targeting keys in the flag's `rollout` in force (its ramp's, when it has one),
+    /// in percent.
     pub rollout_percent: Option<f64>,
     /// Evaluations that served this variant since cutover started.
     pub evaluations: u64,
@@ -111,7 +114,7 @@ impl Status {
         config_file: &std::path::Path,
         last: &LastReload,
         persist_failure: Option<&PersistFailure>,
-        ramps: &HashMap<String, RampLive>,
+        ramps: &HashMap<(Switch, String), RampLive>,
     ) -> Status {
         let config = &snapshot.config;
         let routes = snapshot
@@ -154,10 +157,11 @@ impl Status {
                     .map(|shadow| ShadowSummary::of(route, shadow)),
                 ramp: ramp_of(spec, &snapshot.overrides).map(|(ramp, progress)| {
                     RampStatus::of(
-                        ramp,
+                        &ramp.plan,
                         progress,
-                        ramps.get(&spec.name),
-                        route,
+                        ramps.get(&(Switch::Route, spec.name.clone())),
+                        route.kill.as_ref(),
+                        "route",
                         spec.split[1].1,
                     )
                 }),
@@ -183,7 +187,9 @@ impl Status {
                 .flags
                 .iter()
                 .zip(snapshot.flag_telemetry.iter())
-                .map(|((key, flag), telemetry)| {
+                .enumerate()
+                .map(|(flag_index, ((key, flag), telemetry))| {
+                    let in_force = snapshot.flag_in_force(flag_index);
                     let kill = if flag.kill {
                         Some(Kill::in_config())
                     } else {
@@ -196,18 +202,30 @@ impl Status {
                         .enumerate()
                         .map(|(index, (variant, served))| VariantStatus {
                             name: variant.name.clone(),
-                            rollout_percent: flag
+                            rollout_percent: in_force
                                 .rollout
                                 .as_ref()
                                 .map(|r| f64::from(r.share_of(index)) / 100.0),
                             evaluations: served.load(Ordering::Relaxed),
                         })
                         .collect();
+                    let ramp =
+                        flag_ramp_of(key, flag, &snapshot.overrides).map(|(ramp, progress)| {
+                            RampStatus::of(
+                                &ramp.plan,
+                                progress,
+                                ramps.get(&(Switch::Flag, key.clone())),
+                                kill.as_ref(),
+                                "flag",
+                                ramp.configured,
+                            )
+                        });
                     FlagStatus {
                         key: key.clone(),
                         default: flag.variants[flag.default].name.clone(),
                         killed: kill.is_some(),
                         kill,
+                        ramp,
                         evaluations: variants.iter().map(|v| v.evaluations).sum(),
                         variants,
                     }
@@ -314,7 +332,12 @@ impl Status {
             .iter()
             .filter_map(|r| Some((r, r.ramp.as_ref()?)))
             .collect();
-        if !ramping.is_empty() {
+        let flags_ramping: Vec<_> = self
+            .flags
+            .iter()
+            .filter_map(|f| Some((f, f.ramp.as_ref()?)))
+            .collect();
+        if !ramping.is_empty() || !flags_ramping.is_empty() {
             out.push_str(&format!("\n{:<20} {}\n", "RAMP", "STEP"));
             for (route, ramp) in ramping {
                 out.push_str(&format!(
@@ -322,6 +345,14 @@ impl Status {
                     route.name,
                     ramp.summary(),
                     route.name
+                ));
+            }
+            for (flag, ramp) in flags_ramping {
+                out.push_str(&format!(
+                    "{:<20} {}  (cutover ramp status --flag {})\n",
+                    format!("flag {}", flag.key),
+                    ramp.summary(),
+                    flag.key
                 ));
             }
         }

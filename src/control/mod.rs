@@ -27,7 +27,7 @@ use crate::control::guard::{Trip, TripReceiver};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::control::persist::{PersistFailure, PersistState, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
 use crate::control::ramp_driver::reconcile_ramps;
-pub use crate::control::ramp_driver::{ramp_of, RampAction, RampLive, RampOutcome};
+pub use crate::control::ramp_driver::{flag_ramp_of, ramp_of, RampAction, RampLive, RampOutcome};
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 
@@ -62,15 +62,15 @@ pub enum ControlError {
     KilledInConfig(&'static str, String),
     #[error("{0}")]
     Startup(String),
-    #[error("route {0:?} has no ramp: in the config")]
-    NoRamp(String),
+    #[error("{0} {1:?} has no ramp: in the config")]
+    NoRamp(&'static str, String),
     /// The action does not apply in the ramp's state.
     #[error("{0}")]
     Refused(String),
 }
 
-/// Which kind of kill switch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which kind of kill switch (and of ramp).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Switch {
     Route,
     Flag,
@@ -162,7 +162,7 @@ pub struct Control {
     /// Whether a config file is being written in place (the watcher keeps it).
     writing: Arc<config::Writing>,
     /// What each ramp is doing now, as the ramp driver last saw it.
-    ramps_live: ArcSwap<HashMap<String, RampLive>>,
+    ramps_live: ArcSwap<HashMap<(Switch, String), RampLive>>,
 }
 
 impl Control {
@@ -323,8 +323,8 @@ impl Control {
             for (route, kill) in &overrides.routes {
                 tracing::warn!(route, by = kill.by.as_str(), at = %kill.at, "route is killed: {}", kill.reason);
             }
-            let reconciled = reconcile_ramps(&config.routes, &overrides);
-            let ramps_changed = reconciled.ramps != overrides.ramps;
+            let reconciled = reconcile_ramps(&config, &overrides);
+            let ramps_changed = reconciled != overrides;
             state.generation = 1;
             let snapshot = Snapshot::build(config, 1, &mut state.carried, Arc::new(reconciled));
             self.publish(snapshot);
@@ -344,8 +344,8 @@ impl Control {
             diff.push(format!("{what} {old} → {new} (needs a restart)"));
         }
         state.generation += 1;
-        let reconciled = reconcile_ramps(&config.routes, &current.overrides);
-        let ramps_changed = reconciled.ramps != current.overrides.ramps;
+        let reconciled = reconcile_ramps(&config, &current.overrides);
+        let ramps_changed = reconciled != *current.overrides;
         let overrides = if ramps_changed {
             Arc::new(reconciled)
         } else {
@@ -386,6 +386,7 @@ impl Control {
     fn announce_flag_changes(&self, before: &Snapshot, after: &Snapshot) {
         if before.config.flags == after.config.flags
             && before.overrides.flags == after.overrides.flags
+            && before.ramped_flags == after.ramped_flags
         {
             return;
         }

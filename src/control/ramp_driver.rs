@@ -1,20 +1,22 @@
-//! The ramps' clock. One task ticks a few times a second: for each running ramp it gathers what
-//! `to` did since its step began (from the window's settled periods, so the request path pays
-//! nothing for it), asks [`decide`] and applies the answer through [`Control`] like any other
-//! change: one swap, then `state_file`. People drive ramps through [`Control::ramp_action`].
+//! The ramps' clock. One task ticks a few times a second: for each running ramp of a route it
+//! gathers what `to` did since its step began (from the window's settled periods, so the request
+//! path pays nothing for it), asks [`decide`] and applies the answer through [`Control`] like any
+//! other change: one swap, then `state_file`. A flag's ramp has no gate: time moves it. People
+//! drive ramps through [`Control::ramp_action`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::bucket::format_percent;
-use crate::config::{RampSpec, RouteSpec};
+use crate::config::{Config, RampSpec, RouteSpec};
 use crate::control::overrides::{Kill, KillSource, Overrides};
-use crate::control::ramp::{decide, Decision, Readings};
+use crate::control::ramp::{decide, Decision, Plan, Readings};
 use crate::control::ramp_state::{RampProgress, RampState, Refused};
-use crate::control::{write_state, Control, ControlError, ControlState};
+use crate::control::{write_state, Control, ControlError, ControlState, Switch};
+use crate::flags::{Flag, FlagRamp};
 use crate::shadow::live::ShadowResult;
-use crate::snapshot::LiveRoute;
+use crate::snapshot::{LiveRoute, Snapshot};
 
 /// How often ramps are looked at: a failing gate is acted on within this (plus a window slot).
 const TICK: Duration = Duration::from_millis(250);
@@ -123,12 +125,14 @@ impl Tracker {
     }
 
     /// Evidence starts again from now: at a new step, at the start, and after a kill.
-    fn restart_evidence(&mut self, route: &LiveRoute, now: Instant) {
-        let to = &route.targets[1].window;
-        self.window = Some((to.clone(), to.period_at(now)));
+    fn restart_evidence(&mut self, route: Option<&LiveRoute>, now: Instant) {
+        self.window = route.map(|route| {
+            let to = &route.targets[1].window;
+            (to.clone(), to.period_at(now))
+        });
         self.requests = 0;
         self.errors = 0;
-        self.shadow_base = shadow_counts(route);
+        self.shadow_base = route.map_or((0, 0), shadow_counts);
         self.running_since = Some(now);
     }
 
@@ -140,13 +144,8 @@ impl Tracker {
     }
 
     /// One look at a ramp: what status shows, and what to change, if anything.
-    fn tick(
-        &mut self,
-        spec: &RampSpec,
-        progress: &RampProgress,
-        route: &LiveRoute,
-        now: Instant,
-    ) -> (RampLive, Option<Step>) {
+    fn tick(&mut self, ramp: &Ramped<'_>, now: Instant) -> (RampLive, Option<Step>) {
+        let progress = ramp.progress;
         if progress.state != RampState::Running {
             self.running_since = None;
             let live = RampLive {
@@ -155,53 +154,38 @@ impl Tracker {
             };
             return (live, None);
         }
-        if route.is_killed() {
+        if ramp.killed {
             // A kill by anyone stops the clock; a resume continues it with fresh evidence.
             if let Some(since) = self.running_since.take() {
                 self.spent_before += now.saturating_duration_since(since);
             }
             let live = RampLive {
                 spent: self.spent_before,
-                holding: Some("the route is killed: resuming it continues the ramp".to_owned()),
+                holding: Some(format!(
+                    "the {} is killed: resuming it continues the ramp",
+                    ramp.switch.noun()
+                )),
                 paused_by_kill: true,
                 ..RampLive::default()
             };
             return (live, None);
         }
-        let to = &route.targets[1].window;
-        match &self.window {
-            Some((window, _)) if self.running_since.is_some() && Arc::ptr_eq(window, to) => {}
-            // The window was replaced (its length was edited): count from its current period.
-            Some(_) if self.running_since.is_some() => {
-                self.window = Some((to.clone(), to.period_at(now)))
-            }
-            _ => self.restart_evidence(route, now),
+        if self.running_since.is_none() {
+            self.restart_evidence(ramp.route, now);
         }
-        if let Some((window, after)) = &mut self.window {
-            let (requests, errors, last) = window.settled_since(*after, now);
-            self.requests += requests;
-            self.errors += errors;
-            *after = last;
-        }
-        let (compared, mismatches) = shadow_counts(route);
-        let readings = Readings {
-            requests: self.requests,
-            errors: self.errors,
-            to_p99: to.totals().p99,
-            stable_p99: route.targets[0].window.totals().p99,
-            compared: compared.saturating_sub(self.shadow_base.0),
-            mismatches: mismatches.saturating_sub(self.shadow_base.1),
-        };
+        let readings = ramp
+            .route
+            .map_or_else(Readings::default, |route| self.gather(route, now));
         let spent = self.spent(now);
         let mut live = RampLive {
             spent,
             readings: readings.clone(),
             ..RampLive::default()
         };
-        let step = match decide(&spec.plan, progress.step, spent, &readings) {
+        let step = match decide(ramp.plan, progress.step, spent, &readings) {
             Decision::Hold(why) => {
-                if readings.requests >= spec.plan.gate.min_requests {
-                    live.next_step_in = spec.plan.every.checked_sub(spent);
+                if readings.requests >= ramp.plan.gate.min_requests {
+                    live.next_step_in = ramp.plan.every.checked_sub(spent);
                 }
                 live.holding = Some(why);
                 (now.saturating_duration_since(self.last_checkpoint) >= CHECKPOINT).then(|| {
@@ -211,14 +195,39 @@ impl Tracker {
             }
             Decision::Advance { next } => Some(Step::Advance {
                 next,
-                evidence: evidence(progress, spent, &readings),
+                evidence: evidence(progress, spent, &readings, ramp.route.is_some()),
             }),
             Decision::Done => Some(Step::Complete {
-                evidence: evidence(progress, spent, &readings),
+                evidence: evidence(progress, spent, &readings, ramp.route.is_some()),
             }),
             Decision::Abort(reason) => Some(Step::Fail { reason }),
         };
         (live, step)
+    }
+
+    /// Adds what `to` did in the window's newly settled periods; reads the rest of the gate.
+    fn gather(&mut self, route: &LiveRoute, now: Instant) -> Readings {
+        let to = &route.targets[1].window;
+        match &self.window {
+            Some((window, _)) if Arc::ptr_eq(window, to) => {}
+            // The window was replaced (its length was edited): count from its current period.
+            _ => self.window = Some((to.clone(), to.period_at(now))),
+        }
+        if let Some((window, after)) = &mut self.window {
+            let (requests, errors, last) = window.settled_since(*after, now);
+            self.requests += requests;
+            self.errors += errors;
+            *after = last;
+        }
+        let (compared, mismatches) = shadow_counts(route);
+        Readings {
+            requests: self.requests,
+            errors: self.errors,
+            to_p99: to.totals().p99,
+            stable_p99: route.targets[0].window.totals().p99,
+            compared: compared.saturating_sub(self.shadow_base.0),
+            mismatches: mismatches.saturating_sub(self.shadow_base.1),
+        }
     }
 }
 
@@ -235,21 +244,70 @@ fn shadow_counts(route: &LiveRoute) -> (u64, u64) {
 }
 
 /// "10s at 5% (523 requests, 0.2% errors)": what a step showed, for its history entry.
-fn evidence(progress: &RampProgress, spent: Duration, readings: &Readings) -> String {
-    let errors = readings.errors as f64 * 100.0 / readings.requests.max(1) as f64;
-    format!(
-        "{} at {}% ({} requests, {:.2}% errors)",
+fn evidence(progress: &RampProgress, spent: Duration, readings: &Readings, gated: bool) -> String {
+    let time = format!(
+        "{} at {}%",
         humantime::format_duration(Duration::from_secs(spent.as_secs())),
         format_percent(progress.share),
-        readings.requests,
-        errors
+    );
+    if !gated {
+        return time;
+    }
+    let errors = readings.errors as f64 * 100.0 / readings.requests.max(1) as f64;
+    format!(
+        "{time} ({} requests, {errors:.2}% errors)",
+        readings.requests
     )
+}
+
+/// One ramp in a snapshot, route or flag, as the driver reads it.
+struct Ramped<'a> {
+    switch: Switch,
+    name: &'a str,
+    plan: &'a Plan,
+    progress: &'a RampProgress,
+    /// Killed in the YAML, at runtime, or tripped by the guard a moment ago.
+    killed: bool,
+    /// The route whose window is the evidence; a flag's ramp has no gate.
+    route: Option<&'a LiveRoute>,
+}
+
+/// Every ramp in force in `snapshot`.
+fn ramps_in(snapshot: &Snapshot) -> Vec<Ramped<'_>> {
+    let routes = snapshot
+        .config
+        .routes
+        .iter()
+        .zip(snapshot.routes.iter())
+        .filter_map(|(spec, route)| {
+            let (ramp, progress) = ramp_of(spec, &snapshot.overrides)?;
+            Some(Ramped {
+                switch: Switch::Route,
+                name: &spec.name,
+                plan: &ramp.plan,
+                progress,
+                killed: route.is_killed(),
+                route: Some(route),
+            })
+        });
+    let flags = snapshot.config.flags.iter().filter_map(|(key, flag)| {
+        let (ramp, progress) = flag_ramp_of(key, flag, &snapshot.overrides)?;
+        Some(Ramped {
+            switch: Switch::Flag,
+            name: key,
+            plan: &ramp.plan,
+            progress,
+            killed: flag.kill || snapshot.overrides.flags.contains_key(key),
+            route: None,
+        })
+    });
+    routes.chain(flags).collect()
 }
 
 impl Control {
     /// Runs every ramp's schedule until the process ends.
     pub async fn drive_ramps(self: Arc<Self>) {
-        let mut trackers: HashMap<Arc<str>, Tracker> = HashMap::new();
+        let mut trackers: HashMap<(Switch, String), Tracker> = HashMap::new();
         let mut ticks = tokio::time::interval(TICK);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -258,29 +316,28 @@ impl Control {
             let now = Instant::now();
             let mut live = HashMap::new();
             let mut steps = Vec::new();
-            for (spec, route) in snapshot.config.routes.iter().zip(snapshot.routes.iter()) {
-                let Some((ramp, progress)) = ramp_of(spec, &snapshot.overrides) else {
-                    continue;
-                };
+            for ramp in ramps_in(&snapshot) {
+                let id = (ramp.switch, ramp.name.to_owned());
                 let tracker = trackers
-                    .entry(route.name.clone())
-                    .or_insert_with(|| Tracker::new(progress, now));
-                if tracker.epoch != progress.epoch {
-                    *tracker = Tracker::new(progress, now);
+                    .entry(id.clone())
+                    .or_insert_with(|| Tracker::new(ramp.progress, now));
+                if tracker.epoch != ramp.progress.epoch {
+                    *tracker = Tracker::new(ramp.progress, now);
                 }
-                let (view, step) = tracker.tick(ramp, progress, route, now);
-                live.insert(route.name.to_string(), view);
+                let (view, step) = tracker.tick(&ramp, now);
                 if let Some(step) = step {
-                    steps.push((route.name.clone(), progress.epoch, step));
+                    steps.push((id.clone(), ramp.progress.epoch, step));
                 }
+                live.insert(id, view);
             }
-            trackers.retain(|name, _| live.contains_key(&**name));
+            trackers.retain(|id, _| live.contains_key(id));
             self.ramps_live.store(Arc::new(live));
-            for (route, epoch, step) in steps {
+            for ((switch, name), epoch, step) in steps {
                 let control = self.clone();
-                let applied =
-                    tokio::task::spawn_blocking(move || control.ramp_step(&route, epoch, step))
-                        .await;
+                let applied = tokio::task::spawn_blocking(move || {
+                    control.ramp_step(switch, &name, epoch, step)
+                })
+                .await;
                 if let Err(err) = applied {
                     tracing::error!(error = %err, "applying a ramp step failed");
                 }
@@ -288,15 +345,16 @@ impl Control {
         }
     }
 
-    /// What status shows of each ramp beyond its place, by route name. Never waits.
-    pub fn ramps_live(&self) -> Arc<HashMap<String, RampLive>> {
+    /// What status shows of each ramp beyond its place. Never waits.
+    pub fn ramps_live(&self) -> Arc<HashMap<(Switch, String), RampLive>> {
         self.ramps_live.load_full()
     }
 
     /// Applies what the schedule decided, unless a person changed the ramp since (its epoch).
-    fn ramp_step(&self, route: &str, epoch: u64, step: Step) {
+    fn ramp_step(&self, switch: Switch, name: &str, epoch: u64, step: Step) {
         let state = self.lock();
-        let _ = self.change_ramp(&state, route, |progress, spec| {
+        let noun = switch.noun();
+        let _ = self.change_ramp(&state, switch, name, |progress, plan| {
             if progress.epoch != epoch {
                 return Ok(None);
             }
@@ -310,24 +368,22 @@ impl Control {
                 Step::Advance { next, evidence } => {
                     progress.advance(next, &evidence);
                     tracing::info!(
-                        route,
-                        "ramp: {} {before}% → {}% after {evidence}",
-                        spec.plan.to,
+                        "ramp of {noun} {name}: {} {before}% → {}% after {evidence}",
+                        plan.to,
                         progress.percent()
                     );
                 }
                 Step::Complete { evidence } => {
                     progress.complete(&evidence);
                     tracing::info!(
-                        route,
-                        "ramp: {} complete at {}% after {evidence}",
-                        spec.plan.to,
+                        "ramp of {noun} {name}: {} complete at {}% after {evidence}",
+                        plan.to,
                         progress.percent()
                     );
                 }
                 Step::Fail { reason } => {
                     progress.fail(&reason);
-                    tracing::warn!(route, "ramp aborted, route killed: {reason}");
+                    tracing::warn!("ramp of {noun} {name} aborted, {noun} killed: {reason}");
                     kill = Some(Kill::now(KillSource::Ramp, reason));
                 }
             }
@@ -335,18 +391,22 @@ impl Control {
         });
     }
 
-    /// A person pauses, resumes, promotes or aborts the ramp of `route`.
+    /// A person pauses, resumes, promotes or aborts the ramp of a route or flag.
     pub fn ramp_action(
         &self,
-        route: &str,
+        switch: Switch,
+        name: &str,
         action: RampAction,
         by: KillSource,
     ) -> Result<RampOutcome, ControlError> {
         let state = self.lock();
-        let spent = self.ramps_live().get(route).map(|live| live.spent);
+        let spent = self
+            .ramps_live()
+            .get(&(switch, name.to_owned()))
+            .map(|live| live.spent);
         let by_name = by.as_str();
-        let mut lift_own_kill = false;
-        let outcome = self.change_ramp(&state, route, |progress, spec| {
+        let noun = switch.noun();
+        let outcome = self.change_ramp(&state, switch, name, |progress, plan| {
             let kill = match &action {
                 RampAction::Pause => {
                     let spent = spent.unwrap_or(progress.spent());
@@ -356,8 +416,6 @@ impl Control {
                     None
                 }
                 RampAction::Resume => {
-                    // The ramp lifts the kill its own gate made; other kills stay.
-                    lift_own_kill = true;
                     if !progress.resume(by_name)? {
                         return Ok(None);
                     }
@@ -376,75 +434,101 @@ impl Control {
                 }
             };
             tracing::warn!(
-                route,
-                by = by_name,
-                "ramp {}: {} at {}%",
+                "ramp of {noun} {name}: {} by {by_name}, {} at {}%",
                 action.verb(),
-                spec.plan.to,
+                plan.to,
                 progress.percent()
             );
             Ok(Some(kill))
         })?;
-        let outcome = if lift_own_kill {
-            self.lift_ramp_kill(&state, route, outcome)
+        // A resume lifts the kill the ramp's own gate made; other kills stay.
+        let outcome = if matches!(action, RampAction::Resume) {
+            self.lift_ramp_kill(&state, switch, name, outcome)
         } else {
             outcome
         };
-        drop(state);
         Ok(outcome)
     }
 
-    /// After a resume: removes the route's kill if its ramp made it.
+    /// After a resume: removes the kill of `name` if its ramp made it, and reports any other.
     fn lift_ramp_kill(
         &self,
-        held: &std::sync::MutexGuard<'_, ControlState>,
-        route: &str,
+        held: &MutexGuard<'_, ControlState>,
+        switch: Switch,
+        name: &str,
         mut outcome: RampOutcome,
     ) -> RampOutcome {
         let current = self.live.load_full();
-        let killed_by_ramp = current
-            .overrides
-            .routes
-            .get(route)
-            .is_some_and(|kill| kill.by == KillSource::Ramp);
-        if killed_by_ramp {
-            if let Some(live) = current.route(route) {
-                live.runtime.clear_trip();
+        let kills = match switch {
+            Switch::Route => &current.overrides.routes,
+            Switch::Flag => &current.overrides.flags,
+        };
+        if kills
+            .get(name)
+            .is_some_and(|kill| kill.by == KillSource::Ramp)
+        {
+            if let Some(route) = current.route(name).filter(|_| switch == Switch::Route) {
+                route.runtime.clear_trip();
             }
-            if let Ok(resumed) = self.change(
-                held,
-                super::Switch::Route,
-                Some(&[route]),
-                |killed, name| killed.remove(name).is_some(),
-            ) {
-                outcome.changed |= !resumed.changed.is_empty();
-                if resumed.persisted.is_err() {
-                    outcome.persisted = resumed.persisted;
+            let lifted = self.change(held, switch, Some(&[name]), |killed, name| {
+                killed.remove(name).is_some()
+            });
+            if let Ok(lifted) = lifted {
+                outcome.changed |= !lifted.changed.is_empty();
+                if lifted.persisted.is_err() {
+                    outcome.persisted = lifted.persisted;
                 }
             }
         }
         let current = self.live.load_full();
-        outcome.still_killed = current.route(route).and_then(|r| r.kill.clone());
+        outcome.still_killed = match switch {
+            Switch::Route => current.route(name).and_then(|r| r.kill.clone()),
+            Switch::Flag => current
+                .config
+                .flags
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(key, flag)| {
+                    if flag.kill {
+                        Some(Kill::in_config())
+                    } else {
+                        current.overrides.flags.get(key).cloned()
+                    }
+                }),
+        };
         outcome
     }
 
-    /// Applies `change` to the ramp of `route` under the lock `_held`, publishes the result
-    /// and writes `state_file`. `change` answers `None` for no change, or the kill to add.
+    /// Applies `change` to the ramp of `name` under the lock `_held`, publishes the result and
+    /// writes `state_file`. `change` answers `None` for no change, or the kill to add.
     fn change_ramp(
         &self,
-        _held: &std::sync::MutexGuard<'_, ControlState>,
-        route: &str,
-        change: impl FnOnce(&mut RampProgress, &RampSpec) -> Result<Option<Option<Kill>>, Refused>,
+        _held: &MutexGuard<'_, ControlState>,
+        switch: Switch,
+        name: &str,
+        change: impl FnOnce(&mut RampProgress, &Plan) -> Result<Option<Option<Kill>>, Refused>,
     ) -> Result<RampOutcome, ControlError> {
         let current = self.live.load_full();
-        let Some(spec) = current.config.routes.iter().find(|r| r.name == route) else {
-            return Err(ControlError::Unknown("route", route.to_owned()));
-        };
-        let Some((ramp, progress)) = ramp_of(spec, &current.overrides) else {
-            return Err(ControlError::NoRamp(route.to_owned()));
-        };
+        let (plan, progress) = match switch {
+            Switch::Route => {
+                let spec = current.config.routes.iter().find(|r| r.name == name);
+                let spec = spec.ok_or_else(|| ControlError::Unknown("route", name.to_owned()))?;
+                ramp_of(spec, &current.overrides).map(|(ramp, progress)| (&ramp.plan, progress))
+            }
+            Switch::Flag => {
+                let (key, flag) = current
+                    .config
+                    .flags
+                    .iter()
+                    .find(|(key, _)| key == name)
+                    .ok_or_else(|| ControlError::Unknown("flag", name.to_owned()))?;
+                flag_ramp_of(key, flag, &current.overrides)
+                    .map(|(ramp, progress)| (&ramp.plan, progress))
+            }
+        }
+        .ok_or_else(|| ControlError::NoRamp(switch.noun(), name.to_owned()))?;
         let mut progress = progress.clone();
-        let kill = match change(&mut progress, ramp) {
+        let kill = match change(&mut progress, plan) {
             Err(refused) => return Err(ControlError::Refused(refused.0)),
             Ok(None) => {
                 return Ok(RampOutcome {
@@ -457,10 +541,14 @@ impl Control {
             Ok(Some(kill)) => kill,
         };
         let mut overrides = (*current.overrides).clone();
-        overrides.ramps.insert(route.to_owned(), progress.clone());
+        let (ramps, kills) = match switch {
+            Switch::Route => (&mut overrides.ramps, &mut overrides.routes),
+            Switch::Flag => (&mut overrides.flag_ramps, &mut overrides.flags),
+        };
+        ramps.insert(name.to_owned(), progress.clone());
         let killed_now = match kill {
-            Some(kill) if !overrides.routes.contains_key(route) => {
-                overrides.routes.insert(route.to_owned(), kill);
+            Some(kill) if !kills.contains_key(name) => {
+                kills.insert(name.to_owned(), kill);
                 true
             }
             _ => false,
@@ -468,9 +556,10 @@ impl Control {
         let snapshot = Arc::new(current.with_overrides(Arc::new(overrides)));
         self.live.store(snapshot.clone());
         snapshot.export_gauges();
-        if killed_now {
-            if let Some(live) = snapshot.route(route) {
-                live.runtime.kill_signal.send_modify(|n| *n += 1);
+        self.announce_flag_changes(&current, &snapshot);
+        if let (true, Some(route)) = (killed_now, snapshot.route(name)) {
+            if switch == Switch::Route {
+                route.runtime.kill_signal.send_modify(|n| *n += 1);
             }
         }
         let persisted = write_state(&snapshot);
@@ -494,38 +583,61 @@ pub fn ramp_of<'a>(
     progress.follows(&ramp.plan).then_some((ramp, progress))
 }
 
+/// A flag's ramp and where it stands, when it has one.
+pub fn flag_ramp_of<'a>(
+    key: &str,
+    flag: &'a Flag,
+    overrides: &'a Overrides,
+) -> Option<(&'a FlagRamp, &'a RampProgress)> {
+    let ramp = flag.ramp.as_ref()?;
+    let progress = overrides.flag_ramps.get(key)?;
+    progress.follows(&ramp.plan).then_some((ramp, progress))
+}
+
 /// The ramps' places after a config load: kept, started, restarted by an edit of `to` or
 /// `steps`, or dropped with their `ramp:`. Logs each start and restart.
-pub(crate) fn reconcile_ramps(routes: &[RouteSpec], overrides: &Overrides) -> Overrides {
-    let mut reconciled = overrides.clone();
-    reconciled.ramps = routes
-        .iter()
-        .filter_map(|spec| {
-            let ramp = spec.ramp.as_ref()?;
-            let yaml_share = spec.split[1].1;
-            let progress = match overrides.ramps.get(&spec.name) {
-                Some(progress) if progress.follows(&ramp.plan) => progress.clone(),
+pub(crate) fn reconcile_ramps(config: &Config, overrides: &Overrides) -> Overrides {
+    let routes = config.routes.iter().filter_map(|spec| {
+        let ramp = spec.ramp.as_ref()?;
+        Some((spec.name.as_str(), &ramp.plan, spec.split[1].1))
+    });
+    let flags = config.flags.iter().filter_map(|(key, flag)| {
+        let ramp = flag.ramp.as_ref()?;
+        Some((key.as_str(), &ramp.plan, ramp.configured))
+    });
+    Overrides {
+        ramps: reconcile(Switch::Route, routes, &overrides.ramps),
+        flag_ramps: reconcile(Switch::Flag, flags, &overrides.flag_ramps),
+        ..overrides.clone()
+    }
+}
+
+fn reconcile<'a>(
+    switch: Switch,
+    ramps: impl Iterator<Item = (&'a str, &'a Plan, u32)>,
+    places: &BTreeMap<String, RampProgress>,
+) -> BTreeMap<String, RampProgress> {
+    let noun = switch.noun();
+    let reconciled: BTreeMap<String, RampProgress> = ramps
+        .map(|(name, plan, yaml_share)| {
+            let progress = match places.get(name) {
+                Some(progress) if progress.follows(plan) => progress.clone(),
                 Some(progress) => {
-                    let progress = progress.clone().follow_edit(&ramp.plan, yaml_share);
-                    tracing::info!(route = spec.name, "ramp: {}", last_event(&progress));
+                    let progress = progress.clone().follow_edit(plan, yaml_share);
+                    tracing::info!("ramp of {noun} {name}: {}", last_event(&progress));
                     progress
                 }
                 None => {
-                    let progress = RampProgress::start(&ramp.plan, yaml_share);
-                    tracing::info!(route = spec.name, "ramp: {}", last_event(&progress));
+                    let progress = RampProgress::start(plan, yaml_share);
+                    tracing::info!("ramp of {noun} {name}: {}", last_event(&progress));
                     progress
                 }
             };
-            Some((spec.name.clone(), progress))
+            (name.to_owned(), progress)
         })
         .collect();
-    for name in overrides.ramps.keys() {
-        if !reconciled.ramps.contains_key(name) {
-            tracing::info!(
-                route = name,
-                "ramp: removed from the config, the split applies"
-            );
-        }
+    for name in places.keys().filter(|name| !reconciled.contains_key(*name)) {
+        tracing::info!("ramp of {noun} {name}: removed from the config, its YAML share applies");
     }
     reconciled
 }

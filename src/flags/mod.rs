@@ -11,5 +11,5 @@ mod model;
 pub use condition::{Comparison, Condition, Operator, Pattern, Scalar};
 pub use eval::{evaluate, Context, ContextValue, Evaluation, Reason};
 pub use model::{
-    compile, Flag, FlagError, RawFlag, RawRule, RawServe, Rollout, Rule, Serve, Variant,
+    compile, Flag, FlagError, FlagRamp, RawFlag, RawRule, RawServe, Rollout, Rule, Serve, Variant,
 };

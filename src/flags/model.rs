@@ -23,8 +23,20 @@ pub struct RawFlag {
     #[serde(default)]
     pub rules: Vec<RawRule>,
     pub rollout: Option<OrderedMap<f64>>,
+    /// Raises one variant's share of `rollout` on a schedule.
+    pub ramp: Option<RawFlagRamp>,
     #[serde(default)]
     pub kill: bool,
+}
+
+/// `ramp:` on a flag: `to`'s share of the rollout, step by step; the rollout's other variant
+/// takes the rest. No gate: time and a person move it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlagRamp {
+    pub to: String,
+    pub steps: Vec<f64>,
+    pub every: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,8 +64,48 @@ pub struct Flag {
     /// First match wins.
     pub rules: Vec<Rule>,
     pub rollout: Option<Rollout>,
+    pub ramp: Option<FlagRamp>,
     /// `kill: true` in the YAML; a runtime kill is passed to evaluation separately.
     pub kill: bool,
+}
+
+/// A flag's compiled `ramp:`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FlagRamp {
+    /// The rollout's two variants (indices into `variants`), in its YAML order: the bucket
+    /// ranges keep that order at every step, so raising `to` only moves keys toward it.
+    pub order: [usize; 2],
+    /// Index of the ramped variant, one of `order`.
+    pub to: usize,
+    /// `to`'s share in the YAML's rollout, in basis points.
+    pub configured: u32,
+    /// The steps and `every`; the gate is empty.
+    pub plan: crate::control::ramp::Plan,
+}
+
+impl FlagRamp {
+    /// The rollout with `to` at `share` basis points and the other variant at the rest.
+    pub fn rollout(&self, share: u32) -> Rollout {
+        let shares = self.order.map(|index| {
+            if index == self.to {
+                share
+            } else {
+                BUCKETS - share
+            }
+        });
+        let mut upper = 0u32;
+        let bounds = self
+            .order
+            .iter()
+            .zip(shares)
+            .filter(|&(_, share)| share > 0)
+            .map(|(&index, share)| {
+                upper += share;
+                (index, upper.min(BUCKETS) as u16)
+            })
+            .collect();
+        Rollout { bounds }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -146,12 +198,17 @@ pub fn compile(key: &str, raw: &RawFlag) -> Result<Flag, Vec<FlagError>> {
         Some(shares) => c.rollout("rollout", shares, &names),
         None => None,
     };
+    let ramp = raw
+        .ramp
+        .as_ref()
+        .and_then(|ramp| c.ramp(ramp, raw.rollout.as_ref(), &names));
     match (c.errors.is_empty(), default) {
         (true, Some(default)) => Ok(Flag {
             variants,
             default,
             rules,
             rollout,
+            ramp,
             kill: raw.kill,
         }),
         _ => Err(c.errors),
@@ -340,6 +397,61 @@ impl Compiler<'_> {
             return None;
         }
         Some(Rollout { bounds })
+    }
+
+    /// `ramp:`: `to` must be one of exactly two variants in the flag's `rollout`.
+    fn ramp(
+        &mut self,
+        raw: &RawFlagRamp,
+        rollout: Option<&OrderedMap<f64>>,
+        names: &[&str],
+    ) -> Option<FlagRamp> {
+        let errors_before = self.errors.len();
+        let listed: Vec<(&str, f64)> = rollout
+            .map(|r| r.0.iter().map(|(n, p)| (n.as_str(), *p)).collect())
+            .unwrap_or_default();
+        let to = listed.iter().position(|&(name, _)| name == raw.to);
+        if listed.len() != 2 || to.is_none() {
+            self.error(
+                "ramp.to",
+                format!(
+                    "{:?} must be one of exactly two variants in this flag's rollout (with any share, 0 is fine): the ramp raises its share and the other takes the rest",
+                    raw.to
+                ),
+            );
+        }
+        let (steps, errors) = crate::control::ramp::parse_steps(&raw.steps);
+        for (index, message) in errors {
+            match index {
+                Some(i) => self.error(&format!("ramp.steps[{i}]"), message),
+                None => self.error("ramp.steps", message),
+            }
+        }
+        let every = crate::control::ramp::parse_every(&raw.every)
+            .map_err(|message| self.error("ramp.every", message))
+            .ok();
+        if self.errors.len() > errors_before {
+            return None;
+        }
+        let index = |name: &str| names.iter().position(|n| *n == name);
+        let order = [index(listed[0].0)?, index(listed[1].0)?];
+        let to = to?;
+        Some(FlagRamp {
+            order,
+            to: order[to],
+            configured: basis_points(listed[to].1).ok()?,
+            plan: crate::control::ramp::Plan {
+                to: raw.to.clone(),
+                steps,
+                every: every?,
+                gate: crate::control::ramp::Gate {
+                    min_requests: 0,
+                    max_error_rate: None,
+                    max_latency_ratio: None,
+                    max_mismatch_rate: None,
+                },
+            },
+        })
     }
 
     /// A percentage with at most 2 decimals, as basis points.

@@ -20,6 +20,7 @@ use crate::config::{Config, RouteSpec};
 use crate::control::guard::Guard;
 use crate::control::overrides::{Kill, Overrides};
 use crate::control::window::WindowStats;
+use crate::flags::Flag;
 use crate::proxy::routing::RequestHead;
 use crate::proxy::upstream::UpstreamCache;
 use crate::shadow::{LiveShadow, ShadowState};
@@ -45,6 +46,9 @@ pub struct Snapshot {
     pub routes: Arc<[LiveRoute]>,
     /// Indexed like `config.flags`.
     pub flag_telemetry: Arc<[FlagTelemetry]>,
+    /// Indexed like `config.flags`: the flag with the rollout its ramp gives now, for flags
+    /// whose ramp is in force; `None` for the others, which serve the YAML's.
+    pub ramped_flags: Arc<[Option<Flag>]>,
     pub overrides: Arc<Overrides>,
 }
 
@@ -142,6 +146,7 @@ impl Snapshot {
         let flag_telemetry = flag_telemetry(&config, &mut carried.flag_served);
         Snapshot {
             generation,
+            ramped_flags: ramped_flags(&config, &overrides),
             config: Arc::new(config),
             routes,
             flag_telemetry,
@@ -157,6 +162,7 @@ impl Snapshot {
             config: Arc::new(Config::empty()),
             routes: Arc::from([]),
             flag_telemetry: Arc::from([]),
+            ramped_flags: Arc::from([]),
             overrides: Arc::default(),
         }
     }
@@ -194,6 +200,7 @@ impl Snapshot {
             config: self.config.clone(),
             routes,
             flag_telemetry: self.flag_telemetry.clone(),
+            ramped_flags: ramped_flags(&self.config, &overrides),
             overrides,
         }
     }
@@ -205,6 +212,14 @@ impl Snapshot {
 
     pub fn route(&self, name: &str) -> Option<&LiveRoute> {
         self.routes.iter().find(|r| &*r.name == name)
+    }
+
+    /// Flag `index` as it is served now: with its ramp's rollout when it has one in force.
+    pub fn flag_in_force(&self, index: usize) -> &Flag {
+        self.ramped_flags
+            .get(index)
+            .and_then(Option::as_ref)
+            .unwrap_or(&self.config.flags[index].1)
     }
 
     /// Publishes the gauges that describe this snapshot.
@@ -227,6 +242,16 @@ impl Snapshot {
                 }
             }
         }
+        for (key, flag) in &self.config.flags {
+            if let (Some(ramp), Some(progress)) = (&flag.ramp, self.overrides.flag_ramps.get(key)) {
+                if progress.follows(&ramp.plan) {
+                    telemetry::flag_ramp_step_percent(
+                        key,
+                        progress.share_in_force(ramp.configured),
+                    );
+                }
+            }
+        }
     }
 }
 
@@ -241,6 +266,22 @@ fn shares_in_force(spec: &RouteSpec, overrides: &Overrides) -> Vec<u32> {
         }
         _ => yaml.collect(),
     }
+}
+
+/// Each flag with the rollout its ramp gives now, where a ramp is in force.
+fn ramped_flags(config: &Config, overrides: &Overrides) -> Arc<[Option<Flag>]> {
+    config
+        .flags
+        .iter()
+        .map(|(key, flag)| {
+            let ramp = flag.ramp.as_ref()?;
+            let progress = overrides.flag_ramps.get(key)?;
+            progress.follows(&ramp.plan).then(|| Flag {
+                rollout: Some(ramp.rollout(progress.share_in_force(ramp.configured))),
+                ..flag.clone()
+            })
+        })
+        .collect()
 }
 
 /// The kill in force for a route: the YAML's, else a runtime override's.

@@ -99,6 +99,11 @@ flags:
     variants: { "on": true, "off": false }
     default: "off"
     rollout: { "on": 25, "off": 75 }
+  ramped-flag:
+    variants: { "new": "new", "old": "old" }
+    default: "old"
+    rollout: { "old": 100, "new": 0 }
+    ramp: { to: "new", steps: [5, 100], every: 1h }
 `;
 }
 
@@ -377,6 +382,11 @@ test('a ramping route shows its step, why it holds, its gate and its history', {
   // The ramp's share is what is in effect; the YAML's is what is configured.
   assert.equal(await page.isVisible(card + ' .configured'), true);
   assert.equal(await page.isVisible(route('checkout') + ' .ramp'), false);
+  // A flag's ramp: its step, no gate.
+  const flagCard = '[data-flag="ramped-flag"]';
+  assert.match(await page.textContent(flagCard + ' .ramp-line'),
+    /^Ramp to new: step 1 of 2 \(5%\) · running · next step in 59m \d+s · steps \[5%\] → 100% every 3600 s$/);
+  assert.equal(await page.isVisible(flagCard + ' .ramp-gate'), false);
 });
 
 test('sparklines fill from the samples the page keeps', { timeout: 20000 }, async () => {

@@ -407,15 +407,10 @@
     const shadowText = el('span');
     const shadowLink = el('a', null, 'mismatch samples');
     shadow.append(shadowText, ' ', shadowLink);
-    const ramp = el('div', 'ramp');
-    const rampLine = el('p', 'ramp-line');
-    const rampGate = el('p', 'ramp-gate');
-    const rampHistory = el('ol', 'ramp-history');
-    ramp.append(rampLine, rampGate, rampHistory);
-    view.card.append(bars, table, guard, shadow, ramp);
-    return Object.assign(view, {
+    const ramp = newRampBlock();
+    view.card.append(bars, table, guard, shadow, ramp.ramp);
+    return Object.assign(view, ramp, {
       effLabel, effBar, cfgRow, cfgBar, rows, guard, shadow, shadowText, shadowLink,
-      ramp, rampLine, rampGate, rampHistory, rampHistoryKey: '',
       shape: '', rowsByName: new Map(), barsKey: '',
     });
   }
@@ -501,8 +496,17 @@
     updateRamp(view, route.ramp);
   }
 
-  // A ramp: where it stands, why it holds, each gate reading against its threshold, and its
-  // last steps.
+  function newRampBlock() {
+    const ramp = el('div', 'ramp');
+    const rampLine = el('p', 'ramp-line');
+    const rampGate = el('p', 'ramp-gate');
+    const rampHistory = el('ol', 'ramp-history');
+    ramp.append(rampLine, rampGate, rampHistory);
+    return { ramp, rampLine, rampGate, rampHistory, rampHistoryKey: '' };
+  }
+
+  // A ramp: where it stands, why it holds, each gate reading against its threshold (a flag's
+  // ramp has none), and its last steps.
   function updateRamp(view, ramp) {
     show(view.ramp, !!ramp);
     if (!ramp) return;
@@ -515,6 +519,7 @@
     setText(view.rampLine, line);
     view.ramp.classList.toggle('bad-text', ramp.state === 'aborted');
     const units = { requests: '', error_rate: '%', latency_ratio: '×', mismatch_rate: '%' };
+    show(view.rampGate, ramp.gate.length > 0);
     setText(view.rampGate, 'Gate over ' + ramp.time_at_step_seconds + ' s at this step: ' +
       ramp.gate.map((g) => {
         const unit = units[g.name] || '';
@@ -583,8 +588,9 @@
     const table = el('div', 'variants');
     table.setAttribute('role', 'table');
     const meta = el('p', 'guard');
-    view.card.append(barRow, noRollout, table, meta);
-    return Object.assign(view, { barRow, bar, noRollout, table, meta, shape: '' });
+    const ramp = newRampBlock();
+    view.card.append(barRow, noRollout, table, meta, ramp.ramp);
+    return Object.assign(view, ramp, { barRow, bar, noRollout, table, meta, shape: '' });
   }
 
   function updateFlag(view, flag) {
@@ -627,6 +633,7 @@
     });
     setText(view.meta, 'Default “' + flag.default + '” · ' + flag.evaluations +
       ' evaluations since start.');
+    updateRamp(view, flag.ramp);
   }
 
   // ---- the whole document ------------------------------------------------------------------

@@ -1,21 +1,15 @@
 //! A route's `ramp:`: which backend is ramped, its steps and time per step, and the gate each
-//! step must pass. Also the steps of a flag's `ramp:` (the same list, without a gate).
-
-use std::time::Duration;
+//! step must pass.
 
 use super::Validator;
-use crate::bucket::{basis_points, format_percent};
 use crate::config::model::{BackendSpec, RampSpec, ShadowSpec};
 use crate::config::raw::RawRamp;
-use crate::control::ramp::{Gate, Plan};
+use crate::control::ramp::{parse_every, parse_steps, Gate, Plan, MIN_EVERY};
 
 /// Never advance blind: a step needs this many of `to`'s requests unless the gate says.
 const DEFAULT_MIN_REQUESTS: u64 = 100;
 /// A ramp with no error threshold would carry a failing backend to 100%.
 const DEFAULT_MAX_ERROR_RATE: f64 = 1.0;
-const MIN_EVERY: Duration = Duration::from_secs(1);
-const MAX_EVERY: Duration = Duration::from_secs(30 * 24 * 3600);
-const MAX_STEPS: usize = 100;
 
 impl Validator<'_> {
     /// `split` is the route's validated split, stable first.
@@ -56,13 +50,10 @@ impl Validator<'_> {
             );
         }
         let steps = self.ramp_steps(&format!("{path}.steps"), &raw.steps);
-        let every = self.duration(&format!("{path}.every"), Some(&raw.every), MIN_EVERY);
-        if !(MIN_EVERY..=MAX_EVERY).contains(&every) {
-            self.error(
-                &format!("{path}.every"),
-                "must be between 1s and 30 days".to_owned(),
-            );
-        }
+        let every = parse_every(&raw.every).unwrap_or_else(|message| {
+            self.error(&format!("{path}.every"), message);
+            MIN_EVERY
+        });
         let gate_path = format!("{path}.gate");
         let min_requests = raw.gate.min_requests.unwrap_or(DEFAULT_MIN_REQUESTS);
         if min_requests == 0 {
@@ -115,30 +106,12 @@ impl Validator<'_> {
         })
     }
 
-    /// Ascending percentages above 0, as basis points.
-    pub(super) fn ramp_steps(&mut self, path: &str, raw: &[f64]) -> Vec<u32> {
-        if raw.is_empty() || raw.len() > MAX_STEPS {
-            self.error(path, format!("needs 1 to {MAX_STEPS} steps"));
-            return Vec::new();
-        }
-        let mut steps: Vec<u32> = Vec::with_capacity(raw.len());
-        for (i, &percent) in raw.iter().enumerate() {
-            let at = format!("{path}[{i}]");
-            let Ok(share) = basis_points(percent).map_err(|message| self.error(&at, message))
-            else {
-                continue;
-            };
-            match steps.last() {
-                _ if share == 0 => self.error(&at, "a step gives more than 0%".to_owned()),
-                Some(&before) if share <= before => self.error(
-                    &at,
-                    format!(
-                        "{}% after {}%: steps only go up",
-                        format_percent(share),
-                        format_percent(before)
-                    ),
-                ),
-                _ => steps.push(share),
+    fn ramp_steps(&mut self, path: &str, raw: &[f64]) -> Vec<u32> {
+        let (steps, errors) = parse_steps(raw);
+        for (index, message) in errors {
+            match index {
+                Some(i) => self.error(&format!("{path}[{i}]"), message),
+                None => self.error(path, message),
             }
         }
         steps
