@@ -50,6 +50,15 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
         if old_route.matcher != route.matcher {
             changes.push("match changed".to_owned());
         }
+        match (&old_route.ramp, &route.ramp) {
+            (None, Some(_)) => changes.push("ramp added".to_owned()),
+            (Some(_), None) => changes.push("ramp removed: the split applies".to_owned()),
+            (Some(a), Some(b)) if a.plan.to != b.plan.to || a.plan.steps != b.plan.steps => {
+                changes.push("ramp steps changed: its schedule restarts".to_owned())
+            }
+            (Some(a), Some(b)) if a != b => changes.push("ramp gate or every changed".to_owned()),
+            _ => {}
+        }
         if !changes.is_empty() {
             lines.push(format!("{}: {}", route.name, changes.join(", ")));
         }
