@@ -341,6 +341,7 @@ impl Admin {
             Ok(RampOutcome {
                 changed,
                 progress,
+                percent,
                 persisted,
                 still_killed,
             }) => json_response(
@@ -351,7 +352,7 @@ impl Admin {
                     "changed": changed,
                     "state": progress.state.as_str(),
                     "step": progress.step + 1,
-                    "percent": progress.percent(),
+                    "percent": percent,
                     "still_killed": still_killed,
                     "persisted": persisted.is_ok(),
                     "persist_error": persisted.err(),

@@ -55,8 +55,17 @@ impl RampStatus {
         noun: &str,
         yaml_share: u32,
     ) -> RampStatus {
-        let live = live.cloned().unwrap_or_default();
-        let (state, reason) = match (kill, live.paused_by_kill) {
+        // The driver's view is of the place it last looked at; after a person's action, until
+        // its next look, what `state_file` holds is all there is.
+        let live = live
+            .filter(|live| live.epoch == progress.epoch)
+            .cloned()
+            .unwrap_or_else(|| RampLive {
+                spent: progress.spent(),
+                ..RampLive::default()
+            });
+        let paused_by_kill = kill.is_some() && progress.state == RampState::Running;
+        let (state, reason) = match (kill, paused_by_kill) {
             (Some(kill), true) => (
                 "paused".to_owned(),
                 Some(format!(
@@ -67,7 +76,7 @@ impl RampStatus {
             ),
             _ => (progress.state.as_str().to_owned(), progress.reason.clone()),
         };
-        let running = progress.state == RampState::Running && !live.paused_by_kill;
+        let running = progress.state == RampState::Running && !paused_by_kill;
         RampStatus {
             to: plan.to.clone(),
             state,
@@ -111,12 +120,11 @@ impl RampStatus {
             .steps
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                if i + 1 == self.step {
-                    format!("[{s}%]")
-                } else {
-                    format!("{s}%")
-                }
+            .map(|(i, &s)| match i + 1 == self.step {
+                true if s == self.percent => format!("[{s}%]"),
+                // Held where users were (a start or an edit between steps).
+                true => format!("[{}%] → {s}%", self.percent),
+                false => format!("{s}%"),
             })
             .collect();
         let mut out = format!(

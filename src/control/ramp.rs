@@ -64,8 +64,8 @@ pub enum Decision {
     /// Stay at the step; the text says why ("waiting for traffic: 37 of 100", "next step in
     /// 4m 12s").
     Hold(String),
-    /// Move to step `next` (an index into `Plan::steps`).
-    Advance { next: usize },
+    /// Move to the next step.
+    Advance,
     /// Kill the route with this reason and stop the ramp.
     Abort(String),
     /// The last step is reached and held its time: nothing more to do.
@@ -122,13 +122,17 @@ pub fn judge(plan: &Plan, step: u32, readings: &Readings) -> Verdict {
     Verdict::Pass
 }
 
-/// The schedule's decision at step `step` (an index), after `spent` there, given the readings
-/// over that time. A failing gate aborts at once, whatever the time; a passing one moves on
-/// once `every` has passed; too few requests hold the step however long it has lasted.
-pub fn decide(plan: &Plan, step: usize, spent: Duration, readings: &Readings) -> Decision {
-    let Some(&share) = plan.steps.get(step) else {
-        return Decision::Done;
-    };
+/// The schedule's decision at `share` (`to`'s basis points now; `last` when no step is above
+/// it), after `spent` there, given the readings over that time. A failing gate aborts at once,
+/// whatever the time; a passing one moves on once `every` has passed; too few requests hold
+/// the step however long it has lasted.
+pub fn decide(
+    plan: &Plan,
+    share: u32,
+    last: bool,
+    spent: Duration,
+    readings: &Readings,
+) -> Decision {
     match judge(plan, share, readings) {
         Verdict::Fail(reason) => Decision::Abort(reason),
         Verdict::Waiting { requests, needed } => {
@@ -138,8 +142,8 @@ pub fn decide(plan: &Plan, step: usize, spent: Duration, readings: &Readings) ->
             "next step in {}",
             humantime::format_duration(round_to_seconds(plan.every - spent))
         )),
-        Verdict::Pass if step + 1 < plan.steps.len() => Decision::Advance { next: step + 1 },
-        Verdict::Pass => Decision::Done,
+        Verdict::Pass if last => Decision::Done,
+        Verdict::Pass => Decision::Advance,
     }
 }
 
@@ -239,20 +243,23 @@ mod tests {
     fn a_healthy_step_moves_on_only_after_its_time_and_the_last_one_ends_the_ramp() {
         let plan = plan();
         assert_eq!(
-            decide(&plan, 0, 4 * MINUTE, &healthy(500)),
+            decide(&plan, 100, false, 4 * MINUTE, &healthy(500)),
             Decision::Hold("next step in 6m".into())
         );
         assert_eq!(
-            decide(&plan, 0, 10 * MINUTE, &healthy(500)),
-            Decision::Advance { next: 1 }
+            decide(&plan, 100, false, 10 * MINUTE, &healthy(500)),
+            Decision::Advance
         );
-        assert_eq!(decide(&plan, 4, 10 * MINUTE, &healthy(500)), Decision::Done);
+        assert_eq!(
+            decide(&plan, 10_000, true, 10 * MINUTE, &healthy(500)),
+            Decision::Done
+        );
     }
 
     #[test]
     fn too_little_traffic_holds_the_step_however_long_it_lasts() {
         assert_eq!(
-            decide(&plan(), 2, 600 * MINUTE, &healthy(37)),
+            decide(&plan(), 2_500, false, 600 * MINUTE, &healthy(37)),
             Decision::Hold("waiting for traffic: 37 of 100".into())
         );
         // Even failing readings do not fail a gate without enough requests.
@@ -276,7 +283,7 @@ mod tests {
             ..healthy(200)
         };
         assert_eq!(
-            decide(&plan(), 2, MINUTE, &errors),
+            decide(&plan(), 2_500, false, MINUTE, &errors),
             Decision::Abort(
                 "ramp: payments-v2 1.5% errors > 1% at step 25% (3 of 200 requests)".into()
             )
@@ -287,7 +294,7 @@ mod tests {
             ..healthy(200)
         };
         assert_eq!(
-            decide(&plan(), 2, MINUTE, &slow),
+            decide(&plan(), 2_500, false, MINUTE, &slow),
             Decision::Abort(
                 "ramp: payments-v2 p99 412ms = 2.3× stable's > 1.5× at step 25%".into()
             )
@@ -298,7 +305,7 @@ mod tests {
             ..healthy(200)
         };
         assert_eq!(
-            decide(&plan(), 0, MINUTE, &mismatching),
+            decide(&plan(), 100, false, MINUTE, &mismatching),
             Decision::Abort(
                 "ramp: payments-v2 0.6% of shadow comparisons mismatched > 0.5% at step 1% (6 of 1000)"
                     .into()
@@ -316,6 +323,9 @@ mod tests {
             ..healthy(200)
         };
         assert_eq!(judge(&plan, 100, &readings), Verdict::Pass);
-        assert_eq!(decide(&plan, 7, MINUTE, &readings), Decision::Done);
+        assert_eq!(
+            decide(&plan, 10_000, true, 10 * MINUTE, &readings),
+            Decision::Done
+        );
     }
 }

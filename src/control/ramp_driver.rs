@@ -13,6 +13,7 @@ use crate::config::{Config, RampSpec, RouteSpec};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::control::ramp::{decide, Decision, Plan, Readings};
 use crate::control::ramp_state::{RampProgress, RampState, Refused};
+use crate::control::window::{Settled, WindowStats};
 use crate::control::{write_state, Control, ControlError, ControlState, Switch};
 use crate::flags::{Flag, FlagRamp};
 use crate::shadow::live::ShadowResult;
@@ -35,8 +36,8 @@ pub struct RampLive {
     pub holding: Option<String>,
     /// Set while the gate holds and only time is missing.
     pub next_step_in: Option<Duration>,
-    /// A kill pauses a running ramp without changing its state.
-    pub paused_by_kill: bool,
+    /// The place this view is of: a person's action since makes it stale.
+    pub epoch: u64,
 }
 
 /// A person's hand on a ramp.
@@ -72,6 +73,8 @@ pub struct RampOutcome {
     /// Whether anything changed (pausing a paused ramp does not).
     pub changed: bool,
     pub progress: RampProgress,
+    /// `to`'s percent now: the ramp's, or the YAML's once aborted.
+    pub percent: f64,
     /// `Err` when the change is live but could not be written to `state_file`.
     pub persisted: Result<(), String>,
     /// Set when the route stays killed after a resume, and by whom.
@@ -83,7 +86,6 @@ enum Step {
     /// Only the time spent changes.
     Checkpoint(Duration),
     Advance {
-        next: usize,
         evidence: String,
     },
     Complete {
@@ -101,10 +103,9 @@ struct Tracker {
     spent_before: Duration,
     /// `None` while the ramp does not run (paused, or the route is killed).
     running_since: Option<Instant>,
-    /// `to`'s window and the last of its periods already counted.
-    window: Option<(Arc<crate::control::window::WindowStats>, u64)>,
-    requests: u64,
-    errors: u64,
+    /// What `to` and stable did over the step, read from their windows.
+    to: Option<Cursor>,
+    stable: Option<Cursor>,
     /// Shadow counts (compared, mismatched) when the evidence began.
     shadow_base: (u64, u64),
     last_checkpoint: Instant,
@@ -116,9 +117,8 @@ impl Tracker {
             epoch: progress.epoch,
             spent_before: progress.spent(),
             running_since: None,
-            window: None,
-            requests: 0,
-            errors: 0,
+            to: None,
+            stable: None,
             shadow_base: (0, 0),
             last_checkpoint: now,
         }
@@ -126,12 +126,8 @@ impl Tracker {
 
     /// Evidence starts again from now: at a new step, at the start, and after a kill.
     fn restart_evidence(&mut self, route: Option<&LiveRoute>, now: Instant) {
-        self.window = route.map(|route| {
-            let to = &route.targets[1].window;
-            (to.clone(), to.period_at(now))
-        });
-        self.requests = 0;
-        self.errors = 0;
+        self.to = route.map(|route| Cursor::new(&route.targets[1].window, now));
+        self.stable = route.map(|route| Cursor::new(&route.targets[0].window, now));
         self.shadow_base = route.map_or((0, 0), shadow_counts);
         self.running_since = Some(now);
     }
@@ -150,6 +146,7 @@ impl Tracker {
             self.running_since = None;
             let live = RampLive {
                 spent: progress.spent(),
+                epoch: progress.epoch,
                 ..RampLive::default()
             };
             return (live, None);
@@ -165,7 +162,7 @@ impl Tracker {
                     "the {} is killed: resuming it continues the ramp",
                     ramp.switch.noun()
                 )),
-                paused_by_kill: true,
+                epoch: progress.epoch,
                 ..RampLive::default()
             };
             return (live, None);
@@ -180,9 +177,11 @@ impl Tracker {
         let mut live = RampLive {
             spent,
             readings: readings.clone(),
+            epoch: progress.epoch,
             ..RampLive::default()
         };
-        let step = match decide(ramp.plan, progress.step, spent, &readings) {
+        let last = progress.next_step().is_none();
+        let step = match decide(ramp.plan, progress.share, last, spent, &readings) {
             Decision::Hold(why) => {
                 if readings.requests >= ramp.plan.gate.min_requests {
                     live.next_step_in = ramp.plan.every.checked_sub(spent);
@@ -193,8 +192,7 @@ impl Tracker {
                     Step::Checkpoint(spent)
                 })
             }
-            Decision::Advance { next } => Some(Step::Advance {
-                next,
+            Decision::Advance => Some(Step::Advance {
                 evidence: evidence(progress, spent, &readings, ramp.route.is_some()),
             }),
             Decision::Done => Some(Step::Complete {
@@ -205,29 +203,65 @@ impl Tracker {
         (live, step)
     }
 
-    /// Adds what `to` did in the window's newly settled periods; reads the rest of the gate.
+    /// Adds what `to` and stable did in their windows' newly settled periods; reads the rest
+    /// of the gate.
     fn gather(&mut self, route: &LiveRoute, now: Instant) -> Readings {
-        let to = &route.targets[1].window;
-        match &self.window {
-            Some((window, _)) if Arc::ptr_eq(window, to) => {}
-            // The window was replaced (its length was edited): count from its current period.
-            _ => self.window = Some((to.clone(), to.period_at(now))),
-        }
-        if let Some((window, after)) = &mut self.window {
-            let (requests, errors, last) = window.settled_since(*after, now);
-            self.requests += requests;
-            self.errors += errors;
-            *after = last;
-        }
+        let to = Cursor::read(&mut self.to, &route.targets[1].window, now);
+        let stable = Cursor::read(&mut self.stable, &route.targets[0].window, now);
         let (compared, mismatches) = shadow_counts(route);
         Readings {
-            requests: self.requests,
-            errors: self.errors,
-            to_p99: to.totals().p99,
-            stable_p99: route.targets[0].window.totals().p99,
+            requests: to.requests,
+            errors: to.errors,
+            to_p99: to.p99(),
+            // Stable serves nothing at 100%: its recent window is the baseline then.
+            stable_p99: stable
+                .p99()
+                .or_else(|| route.targets[0].window.totals().p99),
             compared: compared.saturating_sub(self.shadow_base.0),
             mismatches: mismatches.saturating_sub(self.shadow_base.1),
         }
+    }
+}
+
+/// A reader of one backend's window over a step: each settled period counted once.
+struct Cursor {
+    window: Arc<WindowStats>,
+    /// The last period already counted.
+    after: u64,
+    seen: Settled,
+}
+
+impl Cursor {
+    fn new(window: &Arc<WindowStats>, now: Instant) -> Cursor {
+        Cursor {
+            window: window.clone(),
+            after: window.period_at(now),
+            seen: Settled::default(),
+        }
+    }
+
+    /// Brings `cursor` up to `now` on `window` (a replaced window, after an edit of its
+    /// length, is read from its current period on) and returns what the step has seen.
+    fn read<'a>(
+        cursor: &'a mut Option<Cursor>,
+        window: &Arc<WindowStats>,
+        now: Instant,
+    ) -> &'a Settled {
+        if !cursor
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(&c.window, window))
+        {
+            let seen = cursor.take().map(|c| c.seen).unwrap_or_default();
+            *cursor = Some(Cursor {
+                seen,
+                ..Cursor::new(window, now)
+            });
+        }
+        let cursor = cursor.get_or_insert_with(|| Cursor::new(window, now));
+        let (settled, last) = cursor.window.settled_since(cursor.after, now);
+        cursor.seen.add(&settled);
+        cursor.after = last;
+        &cursor.seen
     }
 }
 
@@ -365,8 +399,8 @@ impl Control {
                     progress.spent_ms = u64::try_from(spent.as_millis()).unwrap_or(u64::MAX);
                     return Ok(Some(None));
                 }
-                Step::Advance { next, evidence } => {
-                    progress.advance(next, &evidence);
+                Step::Advance { evidence } => {
+                    progress.advance(&evidence);
                     tracing::info!(
                         "ramp of {noun} {name}: {} {before}% → {}% after {evidence}",
                         plan.to,
@@ -406,7 +440,7 @@ impl Control {
             .map(|live| live.spent);
         let by_name = by.as_str();
         let noun = switch.noun();
-        let outcome = self.change_ramp(&state, switch, name, |progress, plan| {
+        let outcome = self.change_ramp(&state, switch, name, |progress, _| {
             let kill = match &action {
                 RampAction::Pause => {
                     let spent = spent.unwrap_or(progress.spent());
@@ -433,14 +467,16 @@ impl Control {
                     kill.then(|| Kill::now(by, format!("ramp aborted: {reason}")))
                 }
             };
+            Ok(Some(kill))
+        })?;
+        if outcome.changed {
             tracing::warn!(
                 "ramp of {noun} {name}: {} by {by_name}, {} at {}%",
                 action.verb(),
-                plan.to,
-                progress.percent()
+                outcome.progress.to,
+                outcome.percent
             );
-            Ok(Some(kill))
-        })?;
+        }
         // A resume lifts the kill the ramp's own gate made; other kills stay.
         let outcome = if matches!(action, RampAction::Resume) {
             self.lift_ramp_kill(&state, switch, name, outcome)
@@ -509,11 +545,12 @@ impl Control {
         change: impl FnOnce(&mut RampProgress, &Plan) -> Result<Option<Option<Kill>>, Refused>,
     ) -> Result<RampOutcome, ControlError> {
         let current = self.live.load_full();
-        let (plan, progress) = match switch {
+        let (plan, progress, yaml_share) = match switch {
             Switch::Route => {
                 let spec = current.config.routes.iter().find(|r| r.name == name);
                 let spec = spec.ok_or_else(|| ControlError::Unknown("route", name.to_owned()))?;
-                ramp_of(spec, &current.overrides).map(|(ramp, progress)| (&ramp.plan, progress))
+                ramp_of(spec, &current.overrides)
+                    .map(|(ramp, progress)| (&ramp.plan, progress, spec.split[1].1))
             }
             Switch::Flag => {
                 let (key, flag) = current
@@ -523,17 +560,20 @@ impl Control {
                     .find(|(key, _)| key == name)
                     .ok_or_else(|| ControlError::Unknown("flag", name.to_owned()))?;
                 flag_ramp_of(key, flag, &current.overrides)
-                    .map(|(ramp, progress)| (&ramp.plan, progress))
+                    .map(|(ramp, progress)| (&ramp.plan, progress, ramp.configured))
             }
         }
         .ok_or_else(|| ControlError::NoRamp(switch.noun(), name.to_owned()))?;
         let mut progress = progress.clone();
-        let kill = match change(&mut progress, plan) {
+        let change = change(&mut progress, plan);
+        let percent = f64::from(progress.share_in_force(yaml_share)) / 100.0;
+        let kill = match change {
             Err(refused) => return Err(ControlError::Refused(refused.0)),
             Ok(None) => {
                 return Ok(RampOutcome {
                     changed: false,
                     progress,
+                    percent,
                     persisted: Ok(()),
                     still_killed: None,
                 })
@@ -567,6 +607,7 @@ impl Control {
         Ok(RampOutcome {
             changed: true,
             progress,
+            percent,
             persisted,
             still_killed: None,
         })

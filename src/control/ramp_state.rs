@@ -154,10 +154,25 @@ impl RampProgress {
     }
 
     /// The schedule moved to step `next` after the gate held.
-    pub fn advance(&mut self, next: usize, evidence: &str) {
-        self.move_to(next);
-        let event = format!("step {}% after {evidence}", format_percent(self.share));
-        self.record(event);
+    /// The step held: the next one, or complete after the last.
+    pub fn advance(&mut self, evidence: &str) {
+        match self.next_step() {
+            Some(next) => {
+                self.move_to(next);
+                let event = format!("step {}% after {evidence}", format_percent(self.share));
+                self.record(event);
+            }
+            None => self.complete(evidence),
+        }
+    }
+
+    /// The step after this place: the one it holds below (after an edit or a start between
+    /// steps), else the following one; `None` at the last.
+    pub fn next_step(&self) -> Option<usize> {
+        match self.steps.get(self.step) {
+            Some(&step) if self.share < step => Some(self.step),
+            _ => (self.step + 1 < self.steps.len()).then_some(self.step + 1),
+        }
     }
 
     /// The last step held its time.
@@ -213,8 +228,8 @@ impl RampProgress {
             state => return Err(self.refusal("promote", state)),
         }
         let why = format!("promoted by {by}: {reason}");
-        if self.step + 1 < self.steps.len() && self.steps[self.step + 1] > self.share {
-            self.move_to(self.step + 1);
+        if let Some(next) = self.next_step() {
+            self.move_to(next);
             self.record(format!("step {}% {why}", format_percent(self.share)));
         } else {
             self.state = RampState::Complete;
@@ -241,13 +256,30 @@ impl RampProgress {
         self.epoch += 1;
     }
 
-    /// Puts the ramp at the first step giving `to` at least `had`, or completes it at `had`.
+    /// Puts the ramp where users are: at its first step when they have no more than that;
+    /// else holding at `had` (a step or not) with the gate, the next step being the first above
+    /// it; complete at `had` when no step is above it. So a start or an edit never raises
+    /// `to` without evidence beyond the first step, and never lowers it.
     fn place_at_or_above(&mut self, had: u32, what: &str) {
+        let first = self.steps.first().copied().unwrap_or(0);
         match self.steps.iter().position(|&share| share >= had) {
+            Some(_) if had <= first => {
+                self.step = 0;
+                self.share = first;
+                self.record(format!("{what} at {}%", format_percent(self.share)));
+            }
             Some(step) => {
                 self.step = step;
-                self.share = self.steps[step];
-                self.record(format!("{what} at {}%", format_percent(self.share)));
+                self.share = had;
+                if self.steps[step] == had {
+                    self.record(format!("{what} at {}%", format_percent(had)));
+                } else {
+                    self.record(format!(
+                        "{what} at {}%, what users have, before the step to {}%",
+                        format_percent(had),
+                        format_percent(self.steps[step])
+                    ));
+                }
             }
             None => {
                 self.step = self.steps.len().saturating_sub(1);
@@ -319,9 +351,13 @@ mod tests {
         // The split already gives 5%: the ramp starts there, not at 1%.
         let start = RampProgress::start(&plan(&STEPS), 500);
         assert_eq!((start.step, start.share), (1, 500));
-        // Between steps: the next one up.
+        // Between steps: held where users are, the next step up after the gate.
         let start = RampProgress::start(&plan(&STEPS), 700);
-        assert_eq!((start.step, start.share), (2, 2_500));
+        assert_eq!((start.step, start.share), (2, 700));
+        assert_eq!(start.next_step(), Some(2));
+        // Below the first step: the first step is where a ramp starts.
+        let start = RampProgress::start(&plan(&[200, 500]), 50);
+        assert_eq!((start.step, start.share), (0, 200));
         // Above every step: nothing to ramp, and no one moves back.
         let start = RampProgress::start(&plan(&[100, 500]), 700);
         assert_eq!((start.state, start.share), (RampState::Complete, 700));
@@ -330,20 +366,27 @@ mod tests {
     #[test]
     fn an_edit_keeps_the_place_or_restarts_without_moving_anyone_back() {
         let mut at_25 = RampProgress::start(&plan(&STEPS), 0);
-        at_25.advance(1, "test");
-        at_25.advance(2, "test");
+        at_25.advance("test");
+        at_25.advance("test");
+        assert_eq!(at_25.share, 2_500);
         at_25.spent_ms = 180_000;
         // Another gate or `every`: the same place and time.
         let mut other_gate = plan(&STEPS);
         other_gate.every = Duration::from_secs(60);
         other_gate.gate.min_requests = 10;
         assert_eq!(at_25.clone().follow_edit(&other_gate, 0), at_25);
-        // New steps: the first at or above 25%, from its start.
-        let edited = at_25
+        // New steps: held at 25% with the gate, then the first new step above it.
+        let mut edited = at_25
             .clone()
             .follow_edit(&plan(&[1_000, 2_000, 3_000, 10_000]), 0);
-        assert_eq!((edited.step, edited.share, edited.spent_ms), (2, 3_000, 0));
+        assert_eq!((edited.step, edited.share, edited.spent_ms), (2, 2_500, 0));
         assert_eq!(edited.state, RampState::Running);
+        edited.advance("test");
+        assert_eq!((edited.step, edited.share), (2, 3_000));
+        edited.advance("test");
+        assert_eq!((edited.step, edited.share), (3, 10_000));
+        edited.advance("test");
+        assert_eq!(edited.state, RampState::Complete);
         // No step as high: complete at what users have.
         let edited = at_25.clone().follow_edit(&plan(&[500, 1_000]), 0);
         assert_eq!((edited.state, edited.share), (RampState::Complete, 2_500));

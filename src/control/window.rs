@@ -75,6 +75,43 @@ impl WindowTotals {
     }
 }
 
+/// Requests, errors and latencies summed over some settled periods (see
+/// [`WindowStats::settled_since`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Settled {
+    pub requests: u64,
+    pub errors: u64,
+    latency: [u64; LATENCY_BUCKETS],
+}
+
+impl Settled {
+    pub fn add(&mut self, other: &Settled) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (sum, count) in self.latency.iter_mut().zip(&other.latency) {
+            *sum += count;
+        }
+    }
+
+    pub fn p99(&self) -> Option<Duration> {
+        percentile(&self.latency, 0.99)
+    }
+}
+
+/// The bucket bound under which a fraction `p` of the samples fall; `None` without samples.
+fn percentile(histogram: &[u64; LATENCY_BUCKETS], p: f64) -> Option<Duration> {
+    let samples: u64 = histogram.iter().sum();
+    if samples == 0 {
+        return None;
+    }
+    let rank = ((samples as f64) * p).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    histogram.iter().enumerate().find_map(|(i, &count)| {
+        seen += count;
+        (seen >= rank).then(|| bucket_upper(i))
+    })
+}
+
 fn bucket_upper(index: usize) -> Duration {
     Duration::from_secs_f64(0.0005 * 2f64.powf(index as f64 / 2.0))
 }
@@ -134,21 +171,24 @@ impl WindowStats {
         self.period(at)
     }
 
-    /// Requests and errors recorded in the periods after `after` that have ended by `at`, and
-    /// the last of those periods: passed back as `after`, each period is counted once. Periods
-    /// older than the window are gone, so a reader must come back within it.
-    pub fn settled_since(&self, after: u64, at: Instant) -> (u64, u64, u64) {
+    /// What was recorded in the periods after `after` that have ended by `at`, and the last of
+    /// those periods: passed back as `after`, each period is counted once. Periods older than
+    /// the window are gone, so a reader must come back within it.
+    pub fn settled_since(&self, after: u64, at: Instant) -> (Settled, u64) {
         let now = self.period(at);
-        let mut totals = (0, 0);
+        let mut settled = Settled::default();
         for slot in self.slots.iter() {
             let period = slot.period.load(Ordering::Acquire);
             // Stored as period + 1; 0 is a slot never used.
             if period > after + 1 && period < now + 1 {
-                totals.0 += slot.requests.load(Ordering::Relaxed);
-                totals.1 += slot.errors.load(Ordering::Relaxed);
+                settled.requests += slot.requests.load(Ordering::Relaxed);
+                settled.errors += slot.errors.load(Ordering::Relaxed);
+                for (sum, bucket) in settled.latency.iter_mut().zip(&slot.latency) {
+                    *sum += u64::from(bucket.load(Ordering::Relaxed));
+                }
             }
         }
-        (totals.0, totals.1, now.saturating_sub(1).max(after))
+        (settled, now.saturating_sub(1).max(after))
     }
 
     /// Requests and errors in the window, without percentiles: what the guard needs.
@@ -177,26 +217,14 @@ impl WindowStats {
                 *sum += u64::from(bucket.load(Ordering::Relaxed));
             }
         });
-        let samples: u64 = histogram.iter().sum();
-        let percentile = |p: f64| -> Option<Duration> {
-            if samples == 0 {
-                return None;
-            }
-            let rank = ((samples as f64) * p).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            histogram.iter().enumerate().find_map(|(i, &count)| {
-                seen += count;
-                (seen >= rank).then(|| bucket_upper(i))
-            })
-        };
         // A window younger than its length covers only the time it has existed.
         let existed = at.saturating_duration_since(self.created).as_secs_f64();
         WindowTotals {
             requests,
             errors,
             seconds: self.window.as_secs_f64().min(existed.max(1.0)),
-            p50: percentile(0.50),
-            p99: percentile(0.99),
+            p50: percentile(&histogram, 0.50),
+            p99: percentile(&histogram, 0.99),
         }
     }
 
@@ -280,10 +308,11 @@ mod tests {
         stats.record_at(t0 + Duration::from_secs(1), Duration::from_millis(1), true);
         stats.record_at(t0 + Duration::from_secs(2), Duration::from_millis(1), false);
         // At t0 + 2s the period of t0 + 1s has ended, the one of t0 + 2s has not.
-        let (requests, errors, last) = stats.settled_since(start, t0 + Duration::from_secs(2));
-        assert_eq!((requests, errors), (1, 1));
-        let (requests, errors, _) = stats.settled_since(last, t0 + Duration::from_secs(3));
-        assert_eq!((requests, errors), (1, 0));
+        let (settled, last) = stats.settled_since(start, t0 + Duration::from_secs(2));
+        assert_eq!((settled.requests, settled.errors), (1, 1));
+        assert!(settled.p99().is_some_and(|p| p >= Duration::from_millis(1)));
+        let (settled, _) = stats.settled_since(last, t0 + Duration::from_secs(3));
+        assert_eq!((settled.requests, settled.errors), (1, 0));
     }
 
     #[test]

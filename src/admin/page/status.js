@@ -510,7 +510,11 @@
   function updateRamp(view, ramp) {
     show(view.ramp, !!ramp);
     if (!ramp) return;
-    const steps = ramp.steps.map((s, i) => (i + 1 === ramp.step ? '[' + pct(s) + ']' : pct(s)));
+    const steps = ramp.steps.map((s, i) => {
+      if (i + 1 !== ramp.step) return pct(s);
+      // Held where users were (a start or an edit between steps), before this step.
+      return s === ramp.percent ? '[' + pct(s) + ']' : '[' + pct(ramp.percent) + '] → ' + pct(s);
+    });
     let line = 'Ramp to ' + ramp.to + ': step ' + ramp.step + ' of ' + ramp.steps.length + ' (' +
       pct(ramp.percent) + ') · ' + ramp.state;
     if (ramp.holding) line += ' · ' + ramp.holding;
