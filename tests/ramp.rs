@@ -1120,3 +1120,45 @@ async fn a_kill_pauses_the_ramp_and_resuming_the_route_continues_it() {
     assert_eq!(state(&route), "running", "{route:#}");
     traffic.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_edited_out_of_range_in_state_file_starts_the_ramp_again_instead_of_crashing() {
+    let legacy = Steered::start("legacy").await;
+    let v2 = Steered::start("v2").await;
+    let yaml = config(
+        &legacy,
+        &v2,
+        "",
+        &ramp("[1, 5, 25, 100]", "1h", "{ min_requests: 10 }"),
+        "",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cutover.yaml"), &yaml).unwrap();
+    // The right schedule, but a step past the last and a share over 100%.
+    let saved = serde_json::json!({
+        "routes": {},
+        "flags": {},
+        "ramps": { "main": {
+            "to": "v2", "steps": [100, 500, 2500, 10000], "step": 9, "share": 20000,
+            "spent_ms": 0, "state": "running", "reason": null, "epoch": 3, "history": []
+        } }
+    });
+    std::fs::write(
+        dir.path().join("cutover-state.json"),
+        serde_json::to_vec(&saved).unwrap(),
+    )
+    .unwrap();
+    let cutover = Cutover::start_in(dir, "cutover.yaml", ADMIN_ENV);
+    let route = main_route(&cutover).await;
+    assert_eq!(
+        (state(&route), percent(&route)),
+        ("running", 1.0),
+        "{route:#}"
+    );
+    assert_eq!(effective_v2(&route), 1.0, "{route:#}");
+    cutover.wait_for_log("is not one this ramp can be at", Duration::from_secs(5));
+    // It serves: every request is answered by one backend or the other.
+    let (status, headers, _) = common::get(cutover.proxy, "/", &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("x-backend"));
+}

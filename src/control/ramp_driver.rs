@@ -662,6 +662,14 @@ fn reconcile<'a>(
     let reconciled: BTreeMap<String, RampProgress> = ramps
         .map(|(name, plan, yaml_share)| {
             let progress = match places.get(name) {
+                Some(progress) if !progress.is_sane() => {
+                    tracing::warn!(
+                        "ramp of {noun} {name}: the place in state_file is not one this ramp can be at (step {}, share {}): starting again from the config",
+                        progress.step,
+                        progress.share
+                    );
+                    RampProgress::start(plan, yaml_share)
+                }
                 Some(progress) if progress.follows(plan) => progress.clone(),
                 Some(progress) => {
                     let progress = progress.clone().follow_edit(plan, yaml_share);

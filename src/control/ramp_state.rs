@@ -131,6 +131,12 @@ impl RampProgress {
         progress
     }
 
+    /// Whether a place read from `state_file` (which a person may have edited) is one a ramp
+    /// can be at: a step within its steps and a share within 100%.
+    pub fn is_sane(&self) -> bool {
+        self.step < self.steps.len() && self.share <= crate::bucket::BUCKETS
+    }
+
     /// Whether this place belongs to `plan`'s schedule.
     pub fn follows(&self, plan: &Plan) -> bool {
         self.to == plan.to && self.steps == plan.steps
@@ -446,6 +452,17 @@ mod tests {
         }
         assert_eq!((ramp.state, ramp.share), (RampState::Complete, 10_000));
         assert!(ramp.resume("api").is_err());
+    }
+
+    #[test]
+    fn a_place_edited_out_of_range_is_not_sane() {
+        let mut ramp = RampProgress::start(&plan(&STEPS), 0);
+        assert!(ramp.is_sane());
+        ramp.share = 10_001;
+        assert!(!ramp.is_sane());
+        ramp.share = 100;
+        ramp.step = 5;
+        assert!(!ramp.is_sane());
     }
 
     #[test]
