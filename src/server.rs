@@ -17,8 +17,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::access_log::AccessLog;
 use crate::admin::{self, Admin};
 use crate::bucket::format_percent;
+use crate::config::AccessLogSettings;
 use crate::config::Config;
 use crate::control::reload;
 use crate::control::Control;
@@ -134,7 +136,11 @@ impl Server {
             ready: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let proxy = Arc::new(Proxy::new(live.clone(), trips));
+        let access_log = match &config.access_log {
+            Some(settings) => Some(start_access_log(settings.clone())?),
+            None => None,
+        };
+        let proxy = Arc::new(Proxy::new(live.clone(), trips, access_log));
         let proxy_task = tokio::spawn(listener::serve(
             proxy_listener,
             "proxy",
@@ -262,6 +268,21 @@ async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Starts the access log's writer, and reopens its file on every SIGUSR1 (after logrotate).
+fn start_access_log(settings: AccessLogSettings) -> anyhow::Result<AccessLog> {
+    let reopen = Arc::new(AtomicBool::new(false));
+    let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
+        .context("installing the SIGUSR1 handler")?;
+    let flag = reopen.clone();
+    tokio::spawn(async move {
+        while signals.recv().await.is_some() {
+            flag.store(true, Ordering::Release);
+        }
+    });
+    tracing::info!(path = %settings.target, buffer = settings.buffer, "access log on");
+    AccessLog::start(settings, reopen).context("opening the access log")
 }
 
 /// Each route's backends with the share in force (a ramp's, or all to stable when killed).

@@ -33,6 +33,7 @@ pub const OPEN_CONNECTIONS: &str = "cutover_open_connections";
 pub const IDLE_CONNECTIONS: &str = "cutover_idle_connections";
 pub const SHADOW_REQUESTS_TOTAL: &str = "cutover_shadow_requests_total";
 pub const RAMP_STEP_PERCENT: &str = "cutover_ramp_step_percent";
+pub const ACCESS_LOG_DROPPED_TOTAL: &str = "cutover_access_log_dropped_total";
 pub const FLAG_RAMP_STEP_PERCENT: &str = "cutover_flag_ramp_step_percent";
 
 /// Installs the process-wide Prometheus recorder, before any snapshot is built. Later calls
@@ -77,6 +78,10 @@ pub fn install_recorder() -> anyhow::Result<PrometheusHandle> {
         "Effective share of a route's traffic per backend, in percent."
     );
     describe_gauge!(ROUTE_KILLED, "1 when the route's kill switch is on.");
+    describe_counter!(
+        ACCESS_LOG_DROPPED_TOTAL,
+        "Access log lines dropped because the writer was behind (never waited for)."
+    );
     describe_gauge!(
         RAMP_STEP_PERCENT,
         "Percent of the route's traffic its ramp gives `to` now (the YAML's share once aborted)."
@@ -238,6 +243,10 @@ pub fn route_weight(route: &str, backend: &str, basis_points: u32) {
 
 pub fn route_killed(route: &str, killed: bool) {
     gauge!(ROUTE_KILLED, "route" => route.to_owned()).set(if killed { 1.0 } else { 0.0 });
+}
+
+pub fn access_log_dropped() {
+    counter!(ACCESS_LOG_DROPPED_TOTAL).increment(1);
 }
 
 /// `share` in basis points.

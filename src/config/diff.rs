@@ -93,6 +93,12 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
 /// Settings read once, when the listeners are bound, that `new` changes: `(what, old, new)`.
 /// A reload applies everything else and keeps these as they were until a restart.
 pub fn start_time_changes(old: &Config, new: &Config) -> Vec<(&'static str, String, String)> {
+    let access_log = |log: Option<&super::AccessLogSettings>| {
+        log.map_or_else(
+            || "off".to_owned(),
+            |log| format!("{} (buffer {})", log.target, log.buffer),
+        )
+    };
     let flags_listen = |config: &Config| {
         config
             .flags_api
@@ -122,6 +128,11 @@ pub fn start_time_changes(old: &Config, new: &Config) -> Vec<(&'static str, Stri
             "max_connections",
             old.max_connections.to_string(),
             new.max_connections.to_string(),
+        ),
+        (
+            "access_log",
+            access_log(old.access_log.as_ref()),
+            access_log(new.access_log.as_ref()),
         ),
     ]
     .into_iter()

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 pub use diff::{describe_changes, start_time_changes};
 pub use locate::Location;
 pub use model::{
-    AdminSettings, BackendSpec, Config, FlagsApiSettings, GuardSpec, RampSpec, RouteSpec,
-    ShadowSpec,
+    AccessLogSettings, AccessLogTarget, AdminSettings, BackendSpec, Config, FlagsApiSettings,
+    GuardSpec, RampSpec, RouteSpec, ShadowSpec,
 };
 
 /// One thing wrong with a config file, pointing at where to fix it.

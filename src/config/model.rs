@@ -34,8 +34,34 @@ pub struct Config {
     pub flags: Vec<(String, Flag)>,
     /// Where more flags come from, resolved against the config file's directory.
     pub flags_file: Option<PathBuf>,
+    /// One JSON line per proxied request, when set.
+    pub access_log: Option<AccessLogSettings>,
     /// Things that are allowed but probably not meant, e.g. a route that can never match.
     pub warnings: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    /// Lines held for the writer; past this, new ones are dropped and counted.
+    pub buffer: usize,
+}
+
+/// Where access log lines go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    /// Resolved against the config file's directory; reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+impl std::fmt::Display for AccessLogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessLogTarget::Stdout => f.write_str("stdout"),
+            AccessLogTarget::File(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,6 +169,7 @@ impl Config {
             routes: Vec::new(),
             flags: Vec::new(),
             flags_file: None,
+            access_log: None,
             warnings: Vec::new(),
         }
     }

@@ -28,6 +28,16 @@ pub struct RawConfig {
     pub flags: OrderedMap<crate::flags::RawFlag>,
     /// A second file with more flags, so application teams can own them apart from routes.
     pub flags_file: Option<String>,
+    pub access_log: Option<RawAccessLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// `stdout`, or a file relative to the config file.
+    pub path: String,
+    /// Lines held for the writer before new ones are dropped.
+    pub buffer: Option<u64>,
 }
 
 /// A `flags_file`: the same `flags:` map as in the main file, and nothing else.

@@ -20,7 +20,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
-use super::exchange::{observe, Exchange, Outcome};
+use super::exchange::{log, observe, Exchange, Outcome};
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::shadow::copy::PrimaryCapture;
@@ -65,6 +65,8 @@ pub struct Relayed {
 struct Record {
     exchange: Exchange,
     status: StatusCode,
+    /// Data bytes relayed so far, for the access log.
+    bytes_out: u64,
     /// Only when a failure here could trip the route's guard.
     trips: Option<TripSender>,
 }
@@ -87,6 +89,7 @@ impl Relayed {
             record: Some(Record {
                 exchange,
                 status,
+                bytes_out: 0,
                 trips,
             }),
             capture,
@@ -102,13 +105,21 @@ impl Relayed {
 
     /// Records how the exchange ended: `failure`, or its status.
     fn finish(&mut self, failure: Option<&ProxyError>) {
-        if let Some(record) = self.record.take() {
+        if let Some(mut record) = self.record.take() {
             let outcome = match failure {
                 Some(err) => Outcome::Failed(err),
                 None => Outcome::Answered(record.status),
             };
             let exchange = &record.exchange;
             observe(record.trips.as_ref(), exchange, exchange.target, outcome);
+            let error = failure.map(ProxyError::kind);
+            log(
+                &mut record.exchange,
+                record.status,
+                error,
+                record.bytes_out,
+                true,
+            );
         }
     }
 
@@ -127,6 +138,9 @@ impl Relayed {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 self.waiting = false;
+                if let (Some(record), Some(data)) = (&mut self.record, frame.data_ref()) {
+                    record.bytes_out += data.len() as u64;
+                }
                 if self.capture.is_some() {
                     self.capture_frame(&frame);
                 }

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use http::StatusCode;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::snapshot::{LiveRoute, LiveTarget, Snapshot};
@@ -24,6 +25,10 @@ pub struct Exchange {
     pub target: usize,
     /// Served by a replay on stable after the picked backend could not be reached.
     pub fell_back: bool,
+    /// The request's bucket (`None` when the route is killed).
+    pub bucket: Option<u16>,
+    /// The access log line being filled in, and where it goes, when there is an access log.
+    pub access: Option<(Box<Entry>, AccessLog)>,
 }
 
 impl Exchange {
@@ -39,6 +44,29 @@ impl Exchange {
     pub fn guarded(&self) -> bool {
         self.target != 0 && self.route().guard.is_some()
     }
+}
+
+/// Ends the exchange's access log line, if it has one, and hands it to the writer. `backend`
+/// is false when no backend was reached.
+pub fn log(
+    exchange: &mut Exchange,
+    status: StatusCode,
+    error: Option<&'static str>,
+    bytes_out: u64,
+    backend: bool,
+) {
+    let Some((mut entry, log)) = exchange.access.take() else {
+        return;
+    };
+    entry.route = Some(exchange.route().name.clone());
+    entry.backend = backend.then(|| exchange.target().backend.name.clone());
+    entry.bucket = exchange.bucket;
+    entry.status = status.as_u16();
+    entry.error = error;
+    entry.bytes_out = bytes_out;
+    entry.duration = exchange.started.elapsed();
+    entry.fallback = exchange.fell_back;
+    log.send(entry);
 }
 
 /// How an attempt at a backend ended.

@@ -37,6 +37,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
+use crate::access_log::{AccessLog, Entry};
 use crate::control::guard::TripSender;
 use crate::error::ProxyError;
 use crate::listener::Peer;
@@ -59,6 +60,7 @@ pub struct Proxy {
     live: Arc<LiveSnapshot>,
     /// Guard trips go to the control plane, which publishes the kill and persists it.
     trips: TripSender,
+    access_log: Option<AccessLog>,
 }
 
 /// Why the forward phase has no response to relay.
@@ -71,8 +73,12 @@ enum Unanswered {
 }
 
 impl Proxy {
-    pub fn new(live: Arc<LiveSnapshot>, trips: TripSender) -> Proxy {
-        Proxy { live, trips }
+    pub fn new(live: Arc<LiveSnapshot>, trips: TripSender, access_log: Option<AccessLog>) -> Proxy {
+        Proxy {
+            live,
+            trips,
+            access_log,
+        }
     }
 
     /// Serves one request from `peer`. `ambiguous_framing`: the raw head had conflicting
@@ -111,6 +117,13 @@ impl Proxy {
                 );
             };
 
+            if let Some(log) = &self.access_log {
+                exchange.access = Some((
+                    start_entry(&req, addressed.as_ref(), client_ip),
+                    log.clone(),
+                ));
+            }
+
             // Forward.
             let upgrade = if req.version() == Version::HTTP_11 {
                 headers::websocket_upgrade(req.headers())
@@ -132,6 +145,10 @@ impl Proxy {
                 &peer,
                 peer_trusted,
             );
+            if let Some((entry, _)) = &mut exchange.access {
+                entry.request_id = head.headers.get(&headers::X_REQUEST_ID).cloned();
+                entry.shadow = slot.is_some();
+            }
             let (body, tap) = match slot {
                 Some(slot) => {
                     let (teed, tap) = copy::start(slot, &head, exchange.route().strip, body);
@@ -139,9 +156,13 @@ impl Proxy {
                 }
                 None => (UpstreamBody::Streamed(body), None),
             };
+            let sent = exchange.access.is_some().then(Instant::now);
             let forwarded = self
                 .forward(&mut exchange, head, body, upgrade.is_some())
                 .await;
+            if let (Some((entry, _)), Some(sent)) = (&mut exchange.access, sent) {
+                entry.upstream = Some(sent.elapsed());
+            }
             let response = match forwarded {
                 Ok(response) => match valid_response(&response, client_upgrade.is_some()) {
                     Ok(()) => response,
@@ -149,11 +170,12 @@ impl Proxy {
                 },
                 Err(Unanswered::Failed(err)) => return self.fail(exchange, &err),
                 Err(Unanswered::Unsent(err)) => {
+                    exchange::log(&mut exchange, err.status(), Some(err.kind()), 0, false);
                     return local(
                         err.status(),
                         err.kind(),
                         format!("cutover: {}\n", err.describe()),
-                    )
+                    );
                 }
             };
 
@@ -214,8 +236,9 @@ impl Proxy {
     }
 
     /// Answers a failed exchange with cutover's own error, and records it.
-    fn fail(&self, exchange: Exchange, err: &ProxyError) -> Response<ResponseBody> {
+    fn fail(&self, mut exchange: Exchange, err: &ProxyError) -> Response<ResponseBody> {
         let response = upstream_error(&exchange.route().name, &exchange.target().backend.name, err);
+        exchange::log(&mut exchange, err.status(), Some(err.kind()), 0, true);
         self.record(exchange, Outcome::Failed(err));
         response
     }
@@ -278,8 +301,48 @@ fn pick<B>(
         route: index,
         target,
         fell_back: false,
+        bucket,
+        access: None,
     };
     Some((exchange, copy))
+}
+
+/// The access log line as far as the request head tells it; the rest comes as the exchange
+/// runs and ends.
+fn start_entry<B>(
+    req: &Request<B>,
+    addressed: Option<&Addressed>,
+    client_ip: std::net::IpAddr,
+) -> Box<Entry> {
+    let bytes_in = match req.headers().get(CONTENT_LENGTH) {
+        Some(length) => length.to_str().ok().and_then(|l| l.parse().ok()),
+        // No length and no chunked body: none at all.
+        None if !req.headers().contains_key(http::header::TRANSFER_ENCODING)
+            && req.version() < Version::HTTP_2 =>
+        {
+            Some(0)
+        }
+        None => None,
+    };
+    Box::new(Entry {
+        started: std::time::SystemTime::now(),
+        request_id: None,
+        client_ip,
+        method: req.method().clone(),
+        host: addressed.map(|a| a.value.clone()),
+        uri: req.uri().clone(),
+        route: None,
+        backend: None,
+        bucket: None,
+        status: 0,
+        bytes_in,
+        bytes_out: 0,
+        duration: std::time::Duration::ZERO,
+        upstream: None,
+        error: None,
+        fallback: false,
+        shadow: false,
+    })
 }
 
 /// Whether a request body is small enough to copy, as far as its head says.

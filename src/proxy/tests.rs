@@ -40,7 +40,7 @@ async fn start(routes_yaml: &str) -> Running {
     let (trips, tripped) = mpsc::unbounded_channel();
     let runtime = OneThread::start();
     runtime.handle.spawn(control.clone().apply_trips(tripped));
-    let proxy = Arc::new(Proxy::new(control.live(), trips));
+    let proxy = Arc::new(Proxy::new(control.live(), trips, None));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();

@@ -17,7 +17,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::locate::LocationIndex;
-use super::model::{AdminSettings, BackendSpec, Config, FlagsApiSettings, RouteSpec};
+use super::model::{
+    AccessLogSettings, AccessLogTarget, AdminSettings, BackendSpec, Config, FlagsApiSettings,
+    RouteSpec,
+};
 use super::raw::{RawConfig, RawFlagsFile};
 use super::{ConfigError, Loaded};
 use crate::flags::{Flag, RawFlag};
@@ -35,6 +38,9 @@ const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+/// Lines waiting for the access log's writer (a few MB at most).
+const DEFAULT_ACCESS_LOG_BUFFER: u64 = 16 * 1024;
+const MAX_ACCESS_LOG_BUFFER: u64 = 1024 * 1024;
 
 struct Validator<'a> {
     file: &'a Path,
@@ -122,6 +128,30 @@ pub fn validate(
         DEFAULT_SHUTDOWN_TIMEOUT,
     );
     let kill_grace = v.duration("kill_grace", raw.kill_grace.as_deref(), DEFAULT_KILL_GRACE);
+    let access_log = raw.access_log.as_ref().and_then(|log| {
+        let buffer = log.buffer.unwrap_or(DEFAULT_ACCESS_LOG_BUFFER);
+        if !(1..=MAX_ACCESS_LOG_BUFFER).contains(&buffer) {
+            v.error(
+                "access_log.buffer",
+                format!("must be from 1 to {MAX_ACCESS_LOG_BUFFER} lines"),
+            );
+        }
+        let target = match log.path.as_str() {
+            "stdout" | "-" => AccessLogTarget::Stdout,
+            "" => {
+                v.error(
+                    "access_log.path",
+                    "needs `stdout` or a file name".to_owned(),
+                );
+                return None;
+            }
+            path => AccessLogTarget::File(base_dir.join(path)),
+        };
+        Some(AccessLogSettings {
+            target,
+            buffer: buffer as usize,
+        })
+    });
 
     let backends: Vec<BackendSpec> = raw
         .backends
@@ -215,6 +245,7 @@ pub fn validate(
         routes,
         flags,
         flags_file: raw.flags_file.as_ref().map(|name| base_dir.join(name)),
+        access_log,
         warnings: v.warnings,
     })
 }

@@ -1,0 +1,223 @@
+//! The access log: one JSON object per line per proxied request, to stdout or a file.
+//!
+//! The request path fills an [`Entry`] (a few cheap clones) and hands it over with `try_send`
+//! on a bounded channel; a writer thread turns entries into lines and writes them in batches.
+//! When the writer falls behind (a slow disk, a full pipe), the channel fills and entries are
+//! dropped and counted in `cutover_access_log_dropped_total`: never queued without bound, never
+//! waited for. A file is reopened on SIGUSR1, after logrotate has moved it.
+//!
+//! The query string, `authorization` and cookies are never logged: the line has the path only,
+//! and no header other than `Host` and `x-request-id`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderValue, Method, Uri};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::config::{AccessLogSettings, AccessLogTarget};
+use crate::telemetry;
+
+/// Entries written with one `write` call at most.
+const BATCH: usize = 512;
+/// At most one error about a failing destination per this long.
+const ERROR_EVERY: Duration = Duration::from_secs(10);
+
+/// What the request path knows of one request, turned into a line by the writer.
+pub struct Entry {
+    pub started: SystemTime,
+    pub request_id: Option<HeaderValue>,
+    pub client_ip: IpAddr,
+    pub method: Method,
+    pub host: Option<HeaderValue>,
+    /// The target; only its path is written.
+    pub uri: Uri,
+    pub route: Option<Arc<str>>,
+    pub backend: Option<Arc<str>>,
+    pub bucket: Option<u16>,
+    pub status: u16,
+    /// The request body's length when its head declares one.
+    pub bytes_in: Option<u64>,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    pub duration: Duration,
+    /// From sending to the backend to its response head.
+    pub upstream: Option<Duration>,
+    /// cutover's reason when the exchange failed (the `x-cutover-error` kinds).
+    pub error: Option<&'static str>,
+    pub fallback: bool,
+    pub shadow: bool,
+}
+
+/// The request path's end of the log. Cheap to clone.
+#[derive(Clone)]
+pub struct AccessLog {
+    entries: mpsc::Sender<Box<Entry>>,
+}
+
+impl AccessLog {
+    /// Opens the target and starts the writer thread, which runs until every `AccessLog` is
+    /// dropped. `reopen` is set (by the SIGUSR1 handler) to open the file again.
+    pub fn start(settings: AccessLogSettings, reopen: Arc<AtomicBool>) -> io::Result<AccessLog> {
+        let target = settings.target;
+        let out = open(&target)?;
+        let (entries, received) = mpsc::channel(settings.buffer);
+        std::thread::Builder::new()
+            .name("access-log".to_owned())
+            .spawn(move || write_lines(received, out, &target, &reopen))?;
+        Ok(AccessLog { entries })
+    }
+
+    /// Hands `entry` to the writer, or drops and counts it when the writer is behind.
+    pub fn send(&self, entry: Box<Entry>) {
+        if self.entries.try_send(entry).is_err() {
+            telemetry::access_log_dropped();
+        }
+    }
+}
+
+fn open(target: &AccessLogTarget) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        AccessLogTarget::Stdout => Box::new(io::stdout()),
+        AccessLogTarget::File(path) => Box::new(append(path)?),
+    })
+}
+
+fn append(path: &std::path::Path) -> io::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))
+}
+
+/// The writer thread: batches of entries, one buffer, one write per batch.
+fn write_lines(
+    mut received: mpsc::Receiver<Box<Entry>>,
+    mut out: Box<dyn Write + Send>,
+    target: &AccessLogTarget,
+    reopen: &AtomicBool,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut last_error: Option<Instant> = None;
+    while received.blocking_recv_many(&mut batch, BATCH) > 0 {
+        if reopen.swap(false, Ordering::AcqRel) {
+            if let AccessLogTarget::File(path) = target {
+                match append(path) {
+                    Ok(file) => {
+                        out = Box::new(file);
+                        tracing::info!(path = %path.display(), "access log reopened");
+                    }
+                    Err(err) => tracing::error!(
+                        "access log not reopened, still writing to the old file: {err}"
+                    ),
+                }
+            }
+        }
+        for entry in batch.drain(..) {
+            line(&mut buffer, &entry);
+        }
+        if let Err(err) = out.write_all(&buffer).and_then(|()| out.flush()) {
+            if last_error.is_none_or(|at| at.elapsed() >= ERROR_EVERY) {
+                last_error = Some(Instant::now());
+                tracing::error!("access log: writing to {target} failed: {err}");
+            }
+        }
+        buffer.clear();
+    }
+}
+
+/// One entry as a JSON line, appended to `buffer`.
+fn line(buffer: &mut Vec<u8>, entry: &Entry) {
+    let millis = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+    let line = Line {
+        ts: humantime::format_rfc3339_millis(entry.started).to_string(),
+        request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        client_ip: entry.client_ip,
+        method: entry.method.as_str(),
+        host: entry.host.as_ref().and_then(|v| v.to_str().ok()),
+        path: entry.uri.path(),
+        route: entry.route.as_deref(),
+        backend: entry.backend.as_deref(),
+        bucket: entry.bucket,
+        status: entry.status,
+        bytes_in: entry.bytes_in,
+        bytes_out: entry.bytes_out,
+        duration_ms: millis(entry.duration),
+        upstream_ms: entry.upstream.map(millis),
+        error: entry.error,
+        fallback: entry.fallback,
+        shadow: entry.shadow,
+    };
+    // Serializing plain fields into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buffer, &line);
+    buffer.push(b'\n');
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    request_id: Option<&'a str>,
+    client_ip: IpAddr,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    route: Option<&'a str>,
+    backend: Option<&'a str>,
+    bucket: Option<u16>,
+    status: u16,
+    bytes_in: Option<u64>,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream_ms: Option<f64>,
+    error: Option<&'a str>,
+    fallback: bool,
+    shadow: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_has_the_path_without_its_query_and_no_other_header() {
+        let entry = Entry {
+            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            request_id: Some(HeaderValue::from_static("abc")),
+            client_ip: IpAddr::from([10, 0, 0, 7]),
+            method: Method::POST,
+            host: Some(HeaderValue::from_static("shop.example.com")),
+            uri: "/api/pay?card=4111111111111111&token=s3cret"
+                .parse()
+                .unwrap(),
+            route: Some("payments".into()),
+            backend: Some("payments-v2".into()),
+            bucket: Some(4_211),
+            status: 201,
+            bytes_in: Some(42),
+            bytes_out: 7,
+            duration: Duration::from_micros(12_345),
+            upstream: Some(Duration::from_micros(11_000)),
+            error: None,
+            fallback: false,
+            shadow: true,
+        };
+        let mut buffer = Vec::new();
+        line(&mut buffer, &entry);
+        let text = String::from_utf8(buffer).unwrap();
+        assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
+        let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(value["ts"], "2023-11-14T22:13:20.123Z");
+        assert_eq!(value["path"], "/api/pay");
+        assert_eq!(value["bucket"], 4_211);
+        assert_eq!(value["duration_ms"], 12.345);
+        assert_eq!(value["upstream_ms"], 11.0);
+        assert!(!text.contains("s3cret") && !text.contains("4111"), "{text}");
+    }
+}
