@@ -116,7 +116,7 @@ impl Server {
         let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
         let trips_task = tokio::spawn(control.clone().apply_trips(tripped));
         tokio::spawn(control.clone().keep_state_file_written());
-        tokio::spawn(control.clone().drive_ramps());
+        tokio::spawn(supervise_ramps(control.clone()));
 
         if token.is_none() {
             tracing::warn!(
@@ -268,6 +268,16 @@ async fn bind(what: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Runs the ramps' driver, and runs it again should it ever end (a panic in a tick): ramps
+/// must not stop moving, or stop stopping, in silence.
+async fn supervise_ramps(control: Arc<Control>) {
+    loop {
+        let ended = tokio::spawn(control.clone().drive_ramps()).await;
+        tracing::error!(?ended, "the ramp driver stopped; starting it again");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Starts the access log's writer, and reopens its file on every SIGUSR1 (after logrotate).

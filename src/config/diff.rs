@@ -54,7 +54,7 @@ pub fn describe_changes(old: &Config, new: &Config) -> Vec<String> {
             (None, Some(_)) => changes.push("ramp added".to_owned()),
             (Some(_), None) => changes.push("ramp removed: the split applies".to_owned()),
             (Some(a), Some(b)) if a.plan.to != b.plan.to || a.plan.steps != b.plan.steps => {
-                changes.push("ramp steps changed: its schedule restarts".to_owned())
+                changes.push("ramp `to` or steps changed: its schedule restarts".to_owned())
             }
             (Some(a), Some(b)) if a != b => changes.push("ramp gate or every changed".to_owned()),
             _ => {}

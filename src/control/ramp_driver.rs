@@ -152,10 +152,10 @@ impl Tracker {
             return (live, None);
         }
         if ramp.killed {
-            // A kill by anyone stops the clock; a resume continues it with fresh evidence.
-            if let Some(since) = self.running_since.take() {
-                self.spent_before += now.saturating_duration_since(since);
-            }
+            // A kill by anyone holds the ramp at its step; what came before the kill cannot
+            // vouch for what comes after, so a resume starts the step's time and evidence again.
+            self.running_since = None;
+            self.spent_before = Duration::ZERO;
             let live = RampLive {
                 spent: self.spent_before,
                 holding: Some(format!(
@@ -388,7 +388,7 @@ impl Control {
     fn ramp_step(&self, switch: Switch, name: &str, epoch: u64, step: Step) {
         let state = self.lock();
         let noun = switch.noun();
-        let _ = self.change_ramp(&state, switch, name, |progress, plan| {
+        let _ = self.change_ramp(&state, switch, name, |progress, plan, _| {
             if progress.epoch != epoch {
                 return Ok(None);
             }
@@ -434,23 +434,23 @@ impl Control {
         by: KillSource,
     ) -> Result<RampOutcome, ControlError> {
         let state = self.lock();
-        let spent = self
-            .ramps_live()
-            .get(&(switch, name.to_owned()))
-            .map(|live| live.spent);
+        let live = self.ramps_live().get(&(switch, name.to_owned())).cloned();
         let by_name = by.as_str();
         let noun = switch.noun();
-        let outcome = self.change_ramp(&state, switch, name, |progress, _| {
+        let outcome = self.change_ramp(&state, switch, name, |progress, _, yaml_share| {
             let kill = match &action {
                 RampAction::Pause => {
-                    let spent = spent.unwrap_or(progress.spent());
+                    // The driver's time, unless it is of another step than this one.
+                    let spent = live
+                        .filter(|live| live.epoch == progress.epoch)
+                        .map_or(progress.spent(), |live| live.spent);
                     if !progress.pause(by_name, spent)? {
                         return Ok(None);
                     }
                     None
                 }
                 RampAction::Resume => {
-                    if !progress.resume(by_name)? {
+                    if !progress.resume(by_name, yaml_share)? {
                         return Ok(None);
                     }
                     None
@@ -542,7 +542,7 @@ impl Control {
         _held: &MutexGuard<'_, ControlState>,
         switch: Switch,
         name: &str,
-        change: impl FnOnce(&mut RampProgress, &Plan) -> Result<Option<Option<Kill>>, Refused>,
+        change: impl FnOnce(&mut RampProgress, &Plan, u32) -> Result<Option<Option<Kill>>, Refused>,
     ) -> Result<RampOutcome, ControlError> {
         let current = self.live.load_full();
         let (plan, progress, yaml_share) = match switch {
@@ -565,7 +565,7 @@ impl Control {
         }
         .ok_or_else(|| ControlError::NoRamp(switch.noun(), name.to_owned()))?;
         let mut progress = progress.clone();
-        let change = change(&mut progress, plan);
+        let change = change(&mut progress, plan, yaml_share);
         let percent = f64::from(progress.share_in_force(yaml_share)) / 100.0;
         let kill = match change {
             Err(refused) => return Err(ControlError::Refused(refused.0)),
@@ -668,7 +668,12 @@ fn reconcile<'a>(
                         progress.step,
                         progress.share
                     );
-                    RampProgress::start(plan, yaml_share)
+                    let mut fresh = RampProgress::start(plan, yaml_share);
+                    if progress.state == RampState::Aborted {
+                        fresh.state = RampState::Aborted;
+                        fresh.reason = progress.reason.clone();
+                    }
+                    fresh
                 }
                 Some(progress) if progress.follows(plan) => progress.clone(),
                 Some(progress) => {

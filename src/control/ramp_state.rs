@@ -94,7 +94,7 @@ impl RampProgress {
             epoch: 1,
             history: Vec::new(),
         };
-        progress.place_at_or_above(had, "ramp started");
+        progress.place(had, true, "ramp started");
         progress
     }
 
@@ -120,14 +120,14 @@ impl RampProgress {
             steps: plan.steps.clone(),
             share: had,
             spent_ms: 0,
-            epoch: self.epoch + 1,
+            epoch: self.epoch.wrapping_add(1),
             ..self
         };
         // A new schedule runs, unless a person stopped the old one.
         if progress.state == RampState::Complete {
             progress.state = RampState::Running;
         }
-        progress.place_at_or_above(had, what);
+        progress.place(had, false, what);
         progress
     }
 
@@ -184,7 +184,7 @@ impl RampProgress {
     /// The last step held its time.
     pub fn complete(&mut self, evidence: &str) {
         self.state = RampState::Complete;
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.record(format!("complete after {evidence}"));
     }
 
@@ -192,7 +192,7 @@ impl RampProgress {
     pub fn fail(&mut self, reason: &str) {
         self.state = RampState::Aborted;
         self.reason = Some(reason.to_owned());
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.record(format!("aborted: {reason}"));
     }
 
@@ -202,7 +202,7 @@ impl RampProgress {
                 self.state = RampState::Paused;
                 self.spent_ms = millis(spent);
                 self.reason = Some(format!("paused by {by}"));
-                self.epoch += 1;
+                self.epoch = self.epoch.wrapping_add(1);
                 self.record(format!("paused by {by}"));
                 Ok(true)
             }
@@ -212,17 +212,31 @@ impl RampProgress {
     }
 
     /// Paused: runs again, with the time already spent. Aborted: runs again at the step it
-    /// stopped at, from the start of that step.
-    pub fn resume(&mut self, by: &str) -> Result<bool, Refused> {
+    /// stopped at, from the start of that step, or from `yaml_share` when the split in the
+    /// config gives `to` more than that by now (resuming never moves users back).
+    pub fn resume(&mut self, by: &str, yaml_share: u32) -> Result<bool, Refused> {
         match self.state {
             RampState::Paused => {}
-            RampState::Aborted => self.spent_ms = 0,
+            RampState::Aborted => {
+                self.spent_ms = 0;
+                if yaml_share > self.share {
+                    self.state = RampState::Running;
+                    self.reason = None;
+                    self.epoch = self.epoch.wrapping_add(1);
+                    self.place(
+                        yaml_share,
+                        false,
+                        &format!("resumed by {by} from the split"),
+                    );
+                    return Ok(true);
+                }
+            }
             RampState::Running => return Ok(false),
             state => return Err(self.refusal("resume", state)),
         }
         self.state = RampState::Running;
         self.reason = None;
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         self.record(format!("resumed by {by}"));
         Ok(true)
     }
@@ -240,7 +254,7 @@ impl RampProgress {
         } else {
             self.state = RampState::Complete;
             self.reason = None;
-            self.epoch += 1;
+            self.epoch = self.epoch.wrapping_add(1);
             self.record(format!("complete: {why}"));
         }
         Ok(())
@@ -259,17 +273,18 @@ impl RampProgress {
         self.step = step;
         self.share = self.share.max(self.steps[step]);
         self.spent_ms = 0;
-        self.epoch += 1;
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
-    /// Puts the ramp where users are: at its first step when they have no more than that;
-    /// else holding at `had` (a step or not) with the gate, the next step being the first above
-    /// it; complete at `had` when no step is above it. So a start or an edit never raises
-    /// `to` without evidence beyond the first step, and never lowers it.
-    fn place_at_or_above(&mut self, had: u32, what: &str) {
+    /// Puts the ramp where users are: holding at `had` (a step or not) with the gate, the next
+    /// step being the first above it; complete at `had` when no step is above it. A ramp
+    /// `starting` with no more than its first step, or anything with nothing at all (no
+    /// evidence could come), begins at the first step. So a ramp never lowers `to`, and never
+    /// raises it without evidence except to where its schedule begins.
+    fn place(&mut self, had: u32, starting: bool, what: &str) {
         let first = self.steps.first().copied().unwrap_or(0);
         match self.steps.iter().position(|&share| share >= had) {
-            Some(_) if had <= first => {
+            Some(_) if had == 0 || (starting && had <= first) => {
                 self.step = 0;
                 self.share = first;
                 self.record(format!("{what} at {}%", format_percent(self.share)));
@@ -292,6 +307,7 @@ impl RampProgress {
                 self.share = had;
                 if self.state == RampState::Running || self.state == RampState::Paused {
                     self.state = RampState::Complete;
+                    self.reason = None;
                 }
                 self.record(format!(
                     "{what}: {}% is already at or above every step, nothing to ramp",
@@ -413,6 +429,18 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_below_the_first_step_holds_where_users_are() {
+        let at_1 = RampProgress::start(&plan(&STEPS), 0);
+        let edited = at_1.follow_edit(&plan(&[500, 2_500, 10_000]), 0);
+        assert_eq!(
+            (edited.step, edited.share),
+            (0, 100),
+            "not raised to 5% blind"
+        );
+        assert_eq!(edited.next_step(), Some(0));
+    }
+
+    #[test]
     fn people_pause_resume_promote_and_abort() {
         let mut ramp = RampProgress::start(&plan(&STEPS), 0);
         assert_eq!(ramp.pause("cli", Duration::from_secs(42)), Ok(true));
@@ -422,7 +450,7 @@ mod tests {
             Ok(false),
             "already paused"
         );
-        assert_eq!(ramp.resume("api"), Ok(true));
+        assert_eq!(ramp.resume("api", 0), Ok(true));
         assert_eq!((ramp.state, ramp.spent_ms), (RampState::Running, 42_000));
         let epoch = ramp.epoch;
         ramp.promote("api", "dashboards look fine").unwrap();
@@ -441,17 +469,25 @@ mod tests {
             "an aborted ramp is resumed first"
         );
         assert!(ramp.pause("api", Duration::ZERO).is_err());
-        assert_eq!(ramp.resume("cli"), Ok(true));
+        assert_eq!(ramp.resume("cli", 0), Ok(true));
         assert_eq!(
             (ramp.state, ramp.step, ramp.share),
             (RampState::Running, 1, 500)
         );
+        // Aborted again while someone raised the split to 7%: resuming never lowers that.
+        ramp.abort("api", "again");
+        assert_eq!(ramp.resume("api", 700), Ok(true));
+        assert_eq!(
+            (ramp.state, ramp.step, ramp.share),
+            (RampState::Running, 2, 700)
+        );
+        assert_eq!(ramp.next_step(), Some(2));
         // Promoting past the last step completes the ramp.
         for _ in 0..4 {
             ramp.promote("api", "go").unwrap();
         }
         assert_eq!((ramp.state, ramp.share), (RampState::Complete, 10_000));
-        assert!(ramp.resume("api").is_err());
+        assert!(ramp.resume("api", 0).is_err());
     }
 
     #[test]
@@ -470,7 +506,7 @@ mod tests {
         let mut ramp = RampProgress::start(&plan(&STEPS), 0);
         for _ in 0..HISTORY + 10 {
             ramp.pause("api", Duration::ZERO).unwrap();
-            ramp.resume("api").unwrap();
+            ramp.resume("api", 0).unwrap();
         }
         assert_eq!(ramp.history.len(), HISTORY);
         let text = serde_json::to_string(&ramp).unwrap();

@@ -98,17 +98,30 @@ impl Settled {
     }
 }
 
-/// The bucket bound under which a fraction `p` of the samples fall; `None` without samples.
+/// The latency under which a fraction `p` of the samples fall, interpolated linearly within
+/// its bucket as Prometheus' `histogram_quantile` does (bucket bounds alone are √2 apart, too
+/// coarse for a ratio of two of them); `None` without samples.
 fn percentile(histogram: &[u64; LATENCY_BUCKETS], p: f64) -> Option<Duration> {
     let samples: u64 = histogram.iter().sum();
     if samples == 0 {
         return None;
     }
-    let rank = ((samples as f64) * p).ceil().max(1.0) as u64;
-    let mut seen = 0;
+    let rank = (samples as f64 * p).max(f64::MIN_POSITIVE);
+    let mut seen = 0u64;
     histogram.iter().enumerate().find_map(|(i, &count)| {
+        let before = seen;
         seen += count;
-        (seen >= rank).then(|| bucket_upper(i))
+        if count == 0 || (seen as f64) < rank {
+            return None;
+        }
+        let lower = if i == 0 {
+            0.0
+        } else {
+            bucket_upper(i - 1).as_secs_f64()
+        };
+        let upper = bucket_upper(i).as_secs_f64();
+        let within = (rank - before as f64) / count as f64;
+        Some(Duration::from_secs_f64(lower + (upper - lower) * within))
     })
 }
 
@@ -289,12 +302,13 @@ mod tests {
         let totals = stats.totals_at(t0);
         let p50 = totals.p50.unwrap();
         let p99 = totals.p99.unwrap();
+        // 2 ms falls in the bucket (1.41 ms, 2 ms], 900 ms in (724 ms, 1024 ms].
         assert!(
-            p50 >= Duration::from_millis(2) && p50 < Duration::from_millis(3),
+            p50 > Duration::from_micros(1_414) && p50 <= Duration::from_millis(2),
             "{p50:?}"
         );
         assert!(
-            p99 >= Duration::from_millis(900) && p99 < Duration::from_millis(1300),
+            p99 > Duration::from_millis(724) && p99 <= Duration::from_millis(1_024),
             "{p99:?}"
         );
     }
@@ -310,7 +324,9 @@ mod tests {
         // At t0 + 2s the period of t0 + 1s has ended, the one of t0 + 2s has not.
         let (settled, last) = stats.settled_since(start, t0 + Duration::from_secs(2));
         assert_eq!((settled.requests, settled.errors), (1, 1));
-        assert!(settled.p99().is_some_and(|p| p >= Duration::from_millis(1)));
+        assert!(settled
+            .p99()
+            .is_some_and(|p| p > Duration::from_micros(707)));
         let (settled, _) = stats.settled_since(last, t0 + Duration::from_secs(3));
         assert_eq!((settled.requests, settled.errors), (1, 0));
     }
