@@ -35,6 +35,7 @@ pub mod fuzzing;
 pub mod listener;
 pub mod ordered_map;
 pub mod proxy;
+pub mod schedule;
 pub mod server;
 pub mod shadow;
 pub mod snapshot;

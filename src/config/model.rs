@@ -116,7 +116,7 @@ pub struct RouteSpec {
 pub struct RampSpec {
     /// Backend index of the backend ramped up (also `split[1].0`).
     pub to: usize,
-    pub plan: crate::control::ramp::Plan,
+    pub plan: crate::schedule::Plan,
 }
 
 /// `shadow:` on a route: copies of its requests to a candidate, answers compared.

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::format_percent;
-use crate::control::ramp::Plan;
+use crate::schedule::Plan;
 
 /// History entries kept per ramp (the oldest are dropped).
 const HISTORY: usize = 50;
@@ -348,7 +348,7 @@ fn millis(duration: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::ramp::Gate;
+    use crate::schedule::Gate;
 
     fn plan(steps: &[u32]) -> Plan {
         Plan {

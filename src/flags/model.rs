@@ -80,7 +80,7 @@ pub struct FlagRamp {
     /// `to`'s share in the YAML's rollout, in basis points.
     pub configured: u32,
     /// The steps and `every`; the gate is empty.
-    pub plan: crate::control::ramp::Plan,
+    pub plan: crate::schedule::Plan,
 }
 
 impl FlagRamp {
@@ -420,14 +420,14 @@ impl Compiler<'_> {
                 ),
             );
         }
-        let (steps, errors) = crate::control::ramp::parse_steps(&raw.steps);
+        let (steps, errors) = crate::schedule::parse_steps(&raw.steps);
         for (index, message) in errors {
             match index {
                 Some(i) => self.error(&format!("ramp.steps[{i}]"), message),
                 None => self.error("ramp.steps", message),
             }
         }
-        let every = crate::control::ramp::parse_every(&raw.every)
+        let every = crate::schedule::parse_every(&raw.every)
             .map_err(|message| self.error("ramp.every", message))
             .ok();
         if self.errors.len() > errors_before {
@@ -440,11 +440,11 @@ impl Compiler<'_> {
             order,
             to: order[to],
             configured: basis_points(listed[to].1).ok()?,
-            plan: crate::control::ramp::Plan {
+            plan: crate::schedule::Plan {
                 to: raw.to.clone(),
                 steps,
                 every: every?,
-                gate: crate::control::ramp::Gate {
+                gate: crate::schedule::Gate {
                     min_requests: 0,
                     max_error_rate: None,
                     max_latency_ratio: None,

@@ -4,7 +4,7 @@
 use super::Validator;
 use crate::config::model::{BackendSpec, RampSpec, ShadowSpec};
 use crate::config::raw::RawRamp;
-use crate::control::ramp::{parse_every, parse_steps, Gate, Plan, MIN_EVERY};
+use crate::schedule::{parse_every, parse_steps, Gate, Plan, MIN_EVERY};
 
 /// Never advance blind: a step needs this many of `to`'s requests unless the gate says.
 const DEFAULT_MIN_REQUESTS: u64 = 100;
