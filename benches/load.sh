@@ -22,6 +22,9 @@
 # also shadows 100% of its requests to a candidate that is `healthy` (answers as legacy does),
 # `stalled` (accepts connections, never answers) or `down` (nothing listens):
 #   CUTOVER_BIN_B=target/release/cutover SHADOW=stalled TARGETS="cutover cutover-b" bash benches/load.sh
+# ACCESS_LOG and ACCESS_LOG_B (route mode): none (default), or `file`: the access log on, to
+# access.log in the target's own directory:
+#   CUTOVER_BIN_B=target/release/cutover ACCESS_LOG=file TARGETS="cutover cutover-b" bash benches/load.sh
 # The table goes to stdout, progress to stderr: `bash benches/load.sh > result.txt`.
 set -euo pipefail
 
@@ -52,6 +55,8 @@ NEW_PORT=18002
 declare -A CANDIDATE_PORT=([healthy]=18003 [stalled]=18004 [down]=18005)
 SHADOW=${SHADOW:-none}
 SHADOW_B=${SHADOW_B:-none}
+ACCESS_LOG=${ACCESS_LOG:-none}
+ACCESS_LOG_B=${ACCESS_LOG_B:-none}
 declare -A PORT=([cutover]=18080 [cutover-b]=18081 [haproxy]=18082 [nginx]=18083 [direct]=$LEGACY_PORT)
 declare -A ADMIN_PORT=([cutover]=19901 [cutover-b]=19902)
 declare -A FLAGS_PORT=([cutover]=18016 [cutover-b]=18017)
@@ -92,6 +97,13 @@ check_knobs() {
         route | ofrep) ;;
         *) die "MODE=$MODE: use route or ofrep" ;;
     esac
+    for k in ACCESS_LOG ACCESS_LOG_B; do
+        case ${!k} in
+            none) ;;
+            file) [[ $MODE == route ]] || die "$k needs MODE=route" ;;
+            *) die "$k=${!k}: use none or file" ;;
+        esac
+    done
     for k in SHADOW SHADOW_B; do
         case ${!k} in
             none) ;;
@@ -355,8 +367,9 @@ flags:
 EOF
         return
     fi
-    local shadow=$SHADOW candidate="" shadowing=""
-    if [[ $1 == cutover-b ]]; then shadow=$SHADOW_B; fi
+    local shadow=$SHADOW candidate="" shadowing="" access=$ACCESS_LOG access_log=""
+    if [[ $1 == cutover-b ]]; then shadow=$SHADOW_B access=$ACCESS_LOG_B; fi
+    if [[ $access == file ]]; then access_log="access_log: { path: access.log }"; fi
     if [[ $shadow != none ]]; then
         candidate="  candidate: { url: \"http://127.0.0.1:${CANDIDATE_PORT[$shadow]}\" }"
         shadowing="    shadow: { to: candidate, percent: 100 }"
@@ -365,6 +378,7 @@ EOF
 listen: 127.0.0.1:${PORT[$1]}
 admin:
   listen: 127.0.0.1:${ADMIN_PORT[$1]}
+$access_log
 backends:
   legacy: { url: "http://127.0.0.1:$LEGACY_PORT" }
   new: { url: "http://127.0.0.1:$NEW_PORT" }

@@ -225,11 +225,30 @@ impl Cutover {
         Cutover::spawn(dir, Path::new(file), &[], 2)
     }
 
+    /// Like [`Cutover::start_with_env`], with cutover's stdout a pipe nobody reads: once the
+    /// pipe's buffer is full, every write to stdout waits.
+    pub fn start_with_unread_stdout(yaml: &str, env: &[(&str, &str)]) -> Cutover {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("cutover.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        Cutover::spawn_with(dir, &config, env, 2, Stdio::piped())
+    }
+
     fn spawn(
         dir: tempfile::TempDir,
         config: &Path,
         env: &[(&str, &str)],
         threads: usize,
+    ) -> Cutover {
+        Cutover::spawn_with(dir, config, env, threads, Stdio::null())
+    }
+
+    fn spawn_with(
+        dir: tempfile::TempDir,
+        config: &Path,
+        env: &[(&str, &str)],
+        threads: usize,
+        stdout: Stdio,
     ) -> Cutover {
         let mut command = Command::new(BIN);
         command
@@ -238,7 +257,7 @@ impl Cutover {
             .arg(config)
             .args(["--threads", &threads.to_string()])
             .env("RUST_LOG", "info,cutover=debug")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped());
         for (k, v) in env {
             command.env(k, v);
