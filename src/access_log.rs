@@ -25,6 +25,10 @@ use crate::telemetry;
 
 /// Entries written with one `write` call at most.
 const BATCH: usize = 512;
+/// After a batch smaller than [`BATCH`], the writer sleeps this long so lines gather: while it
+/// sleeps, handing a line over wakes no thread (a parked writer would cost each request a
+/// futex wake-up), and the next batch is one larger write.
+const GATHER: Duration = Duration::from_millis(10);
 /// At most one error about a failing destination per this long.
 const ERROR_EVERY: Duration = Duration::from_secs(10);
 
@@ -69,7 +73,7 @@ impl AccessLog {
         let (entries, received) = mpsc::channel(settings.buffer);
         std::thread::Builder::new()
             .name("access-log".to_owned())
-            .spawn(move || write_lines(received, out, &target, &reopen))?;
+            .spawn(move || write_lines(received, out, &target, &reopen, settings.buffer))?;
         Ok(AccessLog { entries })
     }
 
@@ -102,11 +106,15 @@ fn write_lines(
     mut out: Box<dyn Write + Send>,
     target: &AccessLogTarget,
     reopen: &AtomicBool,
+    capacity: usize,
 ) {
+    // A batch this large means lines are coming faster than they are gathered: no pause.
+    let busy = BATCH.min(capacity / 2).max(1);
     let mut batch = Vec::with_capacity(BATCH);
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut last_error: Option<Instant> = None;
     while received.blocking_recv_many(&mut batch, BATCH) > 0 {
+        let full = batch.len() >= busy;
         if reopen.swap(false, Ordering::AcqRel) {
             if let AccessLogTarget::File(path) = target {
                 match append(path) {
@@ -130,6 +138,9 @@ fn write_lines(
             }
         }
         buffer.clear();
+        if !full {
+            std::thread::sleep(GATHER);
+        }
     }
 }
 
