@@ -34,7 +34,8 @@ const ERROR_EVERY: Duration = Duration::from_secs(10);
 
 /// What the request path knows of one request, turned into a line by the writer.
 pub struct Entry {
-    pub started: SystemTime,
+    /// When the request arrived (made wall-clock time by the writer, off the request path).
+    pub started: Instant,
     pub request_id: Option<HeaderValue>,
     pub client_ip: IpAddr,
     pub method: Method,
@@ -61,7 +62,7 @@ pub struct Entry {
 /// The request path's end of the log. Cheap to clone.
 #[derive(Clone)]
 pub struct AccessLog {
-    entries: mpsc::Sender<Box<Entry>>,
+    entries: mpsc::Sender<Entry>,
 }
 
 impl AccessLog {
@@ -78,7 +79,7 @@ impl AccessLog {
     }
 
     /// Hands `entry` to the writer, or drops and counts it when the writer is behind.
-    pub fn send(&self, entry: Box<Entry>) {
+    pub fn send(&self, entry: Entry) {
         if self.entries.try_send(entry).is_err() {
             telemetry::access_log_dropped();
         }
@@ -102,7 +103,7 @@ fn append(path: &std::path::Path) -> io::Result<File> {
 
 /// The writer thread: batches of entries, one buffer, one write per batch.
 fn write_lines(
-    mut received: mpsc::Receiver<Box<Entry>>,
+    mut received: mpsc::Receiver<Entry>,
     mut out: Box<dyn Write + Send>,
     target: &AccessLogTarget,
     reopen: &AtomicBool,
@@ -112,6 +113,7 @@ fn write_lines(
     let busy = BATCH.min(capacity / 2).max(1);
     let mut batch = Vec::with_capacity(BATCH);
     let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut clock = Clock::new();
     let mut last_error: Option<Instant> = None;
     while received.blocking_recv_many(&mut batch, BATCH) > 0 {
         let full = batch.len() >= busy;
@@ -129,7 +131,7 @@ fn write_lines(
             }
         }
         for entry in batch.drain(..) {
-            line(&mut buffer, &entry);
+            line(&mut buffer, &entry, &mut clock);
         }
         if let Err(err) = out.write_all(&buffer).and_then(|()| out.flush()) {
             if last_error.is_none_or(|at| at.elapsed() >= ERROR_EVERY) {
@@ -144,11 +146,56 @@ fn write_lines(
     }
 }
 
+/// Wall-clock timestamps for `Instant`s, formatted as RFC 3339 with milliseconds; the part up
+/// to the second is formatted once per second, not once per line.
+struct Clock {
+    /// A wall-clock time and the `Instant` it was read at.
+    anchor: (SystemTime, Instant),
+    /// The second `prefix` is of, and `2026-12-05T04:06:10` for it.
+    second: u64,
+    prefix: String,
+    ts: String,
+}
+
+impl Clock {
+    fn new() -> Clock {
+        Clock {
+            anchor: (SystemTime::now(), Instant::now()),
+            second: u64::MAX,
+            prefix: String::new(),
+            ts: String::with_capacity(32),
+        }
+    }
+
+    fn format(&mut self, at: Instant) -> &str {
+        let (wall, then) = self.anchor;
+        let time = match at.checked_duration_since(then) {
+            Some(after) => wall + after,
+            None => wall - then.duration_since(at),
+        };
+        let since_epoch = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        if since_epoch.as_secs() != self.second {
+            self.second = since_epoch.as_secs();
+            self.prefix = humantime::format_rfc3339_seconds(time).to_string();
+            self.prefix.pop(); // the `Z`, put back after the milliseconds
+        }
+        self.ts.clear();
+        self.ts.push_str(&self.prefix);
+        let _ = std::fmt::Write::write_fmt(
+            &mut self.ts,
+            format_args!(".{:03}Z", since_epoch.subsec_millis()),
+        );
+        &self.ts
+    }
+}
+
 /// One entry as a JSON line, appended to `buffer`.
-fn line(buffer: &mut Vec<u8>, entry: &Entry) {
+fn line(buffer: &mut Vec<u8>, entry: &Entry, clock: &mut Clock) {
     let millis = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     let line = Line {
-        ts: humantime::format_rfc3339_millis(entry.started).to_string(),
+        ts: clock.format(entry.started),
         request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
         client_ip: entry.client_ip,
         method: entry.method.as_str(),
@@ -173,7 +220,7 @@ fn line(buffer: &mut Vec<u8>, entry: &Entry) {
 
 #[derive(Serialize)]
 struct Line<'a> {
-    ts: String,
+    ts: &'a str,
     request_id: Option<&'a str>,
     client_ip: IpAddr,
     method: &'a str,
@@ -198,8 +245,11 @@ mod tests {
 
     #[test]
     fn a_line_has_the_path_without_its_query_and_no_other_header() {
+        let mut clock = Clock::new();
+        // The clock's anchor put at a known wall-clock time, so the line's `ts` is known.
+        clock.anchor.0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
         let entry = Entry {
-            started: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+            started: clock.anchor.1 + Duration::from_millis(123),
             request_id: Some(HeaderValue::from_static("abc")),
             client_ip: IpAddr::from([10, 0, 0, 7]),
             method: Method::POST,
@@ -220,7 +270,7 @@ mod tests {
             shadow: true,
         };
         let mut buffer = Vec::new();
-        line(&mut buffer, &entry);
+        line(&mut buffer, &entry, &mut clock);
         let text = String::from_utf8(buffer).unwrap();
         assert!(text.ends_with("}\n") && text.lines().count() == 1, "{text}");
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();

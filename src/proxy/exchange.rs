@@ -66,7 +66,7 @@ pub fn log(
     entry.bytes_out = bytes_out;
     entry.duration = exchange.started.elapsed();
     entry.fallback = exchange.fell_back;
-    log.send(entry);
+    log.send(*entry);
 }
 
 /// How an attempt at a backend ended.

@@ -119,7 +119,7 @@ impl Proxy {
 
             if let Some(log) = &self.access_log {
                 exchange.access = Some((
-                    start_entry(&req, addressed.as_ref(), client_ip),
+                    start_entry(&req, addressed.as_ref(), client_ip, started),
                     log.clone(),
                 ));
             }
@@ -313,6 +313,7 @@ fn start_entry<B>(
     req: &Request<B>,
     addressed: Option<&Addressed>,
     client_ip: std::net::IpAddr,
+    started: Instant,
 ) -> Box<Entry> {
     let bytes_in = match req.headers().get(CONTENT_LENGTH) {
         Some(length) => length.to_str().ok().and_then(|l| l.parse().ok()),
@@ -325,7 +326,7 @@ fn start_entry<B>(
         None => None,
     };
     Box::new(Entry {
-        started: std::time::SystemTime::now(),
+        started,
         request_id: None,
         client_ip,
         method: req.method().clone(),
