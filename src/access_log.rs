@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use http::{HeaderValue, Method, Uri};
+use http::{HeaderValue, Method};
 use serde::Serialize;
 use tokio::sync::mpsc;
 
@@ -36,12 +36,14 @@ const ERROR_EVERY: Duration = Duration::from_secs(10);
 pub struct Entry {
     /// When the request arrived (made wall-clock time by the writer, off the request path).
     pub started: Instant,
-    pub request_id: Option<HeaderValue>,
     pub client_ip: IpAddr,
     pub method: Method,
-    pub host: Option<HeaderValue>,
-    /// The target; only its path is written.
-    pub uri: Uri,
+    /// The path, the host and the request id, one after the other: copied, in one allocation,
+    /// because a clone of the request head's bytes would keep the connection's read buffer
+    /// from being reused (hyper then allocates a new one for every request).
+    texts: String,
+    path_end: usize,
+    host_end: usize,
     pub route: Option<Arc<str>>,
     pub backend: Option<Arc<str>>,
     pub bucket: Option<u16>,
@@ -57,6 +59,63 @@ pub struct Entry {
     pub error: Option<&'static str>,
     pub fallback: bool,
     pub shadow: bool,
+}
+
+impl Entry {
+    /// An entry for a request to `path` (without its query) on `host`, arrived at `started`;
+    /// the rest is filled in as the exchange runs.
+    pub fn new(
+        started: Instant,
+        client_ip: IpAddr,
+        method: Method,
+        path: &str,
+        host: Option<&[u8]>,
+    ) -> Entry {
+        let host = host.and_then(|h| std::str::from_utf8(h).ok()).unwrap_or("");
+        // Room for a request id as cutover makes them (32 characters).
+        let mut texts = String::with_capacity(path.len() + host.len() + 32);
+        texts.push_str(path);
+        texts.push_str(host);
+        Entry {
+            started,
+            client_ip,
+            method,
+            path_end: path.len(),
+            host_end: path.len() + host.len(),
+            texts,
+            route: None,
+            backend: None,
+            bucket: None,
+            status: 0,
+            bytes_in: None,
+            bytes_out: 0,
+            duration: Duration::ZERO,
+            upstream: None,
+            error: None,
+            fallback: false,
+            shadow: false,
+        }
+    }
+
+    /// The `x-request-id` the backend was sent (the client's, or the one cutover added).
+    pub fn set_request_id(&mut self, id: &HeaderValue) {
+        if let Ok(id) = id.to_str() {
+            self.texts.truncate(self.host_end);
+            self.texts.push_str(id);
+        }
+    }
+
+    fn path(&self) -> &str {
+        &self.texts[..self.path_end]
+    }
+
+    fn host(&self) -> Option<&str> {
+        Some(&self.texts[self.path_end..self.host_end]).filter(|h| !h.is_empty())
+    }
+
+    fn request_id(&self) -> Option<&str> {
+        Some(&self.texts[self.host_end..]).filter(|id| !id.is_empty())
+    }
 }
 
 /// The request path's end of the log. Cheap to clone.
@@ -196,11 +255,11 @@ fn line(buffer: &mut Vec<u8>, entry: &Entry, clock: &mut Clock) {
     let millis = |d: Duration| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
     let line = Line {
         ts: clock.format(entry.started),
-        request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        request_id: entry.request_id(),
         client_ip: entry.client_ip,
         method: entry.method.as_str(),
-        host: entry.host.as_ref().and_then(|v| v.to_str().ok()),
-        path: entry.uri.path(),
+        host: entry.host(),
+        path: entry.path(),
         route: entry.route.as_deref(),
         backend: entry.backend.as_deref(),
         bucket: entry.bucket,
@@ -248,27 +307,26 @@ mod tests {
         let mut clock = Clock::new();
         // The clock's anchor put at a known wall-clock time, so the line's `ts` is known.
         clock.anchor.0 = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_000);
-        let entry = Entry {
-            started: clock.anchor.1 + Duration::from_millis(123),
-            request_id: Some(HeaderValue::from_static("abc")),
-            client_ip: IpAddr::from([10, 0, 0, 7]),
-            method: Method::POST,
-            host: Some(HeaderValue::from_static("shop.example.com")),
-            uri: "/api/pay?card=4111111111111111&token=s3cret"
-                .parse()
-                .unwrap(),
-            route: Some("payments".into()),
-            backend: Some("payments-v2".into()),
-            bucket: Some(4_211),
-            status: 201,
-            bytes_in: Some(42),
-            bytes_out: 7,
-            duration: Duration::from_micros(12_345),
-            upstream: Some(Duration::from_micros(11_000)),
-            error: None,
-            fallback: false,
-            shadow: true,
-        };
+        let uri: http::Uri = "/api/pay?card=4111111111111111&token=s3cret"
+            .parse()
+            .unwrap();
+        let mut entry = Entry::new(
+            clock.anchor.1 + Duration::from_millis(123),
+            IpAddr::from([10, 0, 0, 7]),
+            Method::POST,
+            uri.path(),
+            Some(b"shop.example.com"),
+        );
+        entry.set_request_id(&HeaderValue::from_static("abc"));
+        entry.route = Some("payments".into());
+        entry.backend = Some("payments-v2".into());
+        entry.bucket = Some(4_211);
+        entry.status = 201;
+        entry.bytes_in = Some(42);
+        entry.bytes_out = 7;
+        entry.duration = Duration::from_micros(12_345);
+        entry.upstream = Some(Duration::from_micros(11_000));
+        entry.shadow = true;
         let mut buffer = Vec::new();
         line(&mut buffer, &entry, &mut clock);
         let text = String::from_utf8(buffer).unwrap();
@@ -276,6 +334,8 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(value["ts"], "2023-11-14T22:13:20.123Z");
         assert_eq!(value["path"], "/api/pay");
+        assert_eq!(value["host"], "shop.example.com");
+        assert_eq!(value["request_id"], "abc");
         assert_eq!(value["bucket"], 4_211);
         assert_eq!(value["duration_ms"], 12.345);
         assert_eq!(value["upstream_ms"], 11.0);

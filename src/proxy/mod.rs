@@ -146,7 +146,9 @@ impl Proxy {
                 peer_trusted,
             );
             if let Some((entry, _)) = &mut exchange.access {
-                entry.request_id = head.headers.get(&headers::X_REQUEST_ID).cloned();
+                if let Some(id) = head.headers.get(&headers::X_REQUEST_ID) {
+                    entry.set_request_id(id);
+                }
                 entry.shadow = slot.is_some();
             }
             let (body, tap) = match slot {
@@ -325,25 +327,15 @@ fn start_entry<B>(
         }
         None => None,
     };
-    Box::new(Entry {
+    let mut entry = Entry::new(
         started,
-        request_id: None,
         client_ip,
-        method: req.method().clone(),
-        host: addressed.map(|a| a.value.clone()),
-        uri: req.uri().clone(),
-        route: None,
-        backend: None,
-        bucket: None,
-        status: 0,
-        bytes_in,
-        bytes_out: 0,
-        duration: std::time::Duration::ZERO,
-        upstream: None,
-        error: None,
-        fallback: false,
-        shadow: false,
-    })
+        req.method().clone(),
+        req.uri().path(),
+        addressed.map(|a| a.value.as_bytes()),
+    );
+    entry.bytes_in = bytes_in;
+    Box::new(entry)
 }
 
 /// Whether a request body is small enough to copy, as far as its head says.
