@@ -258,6 +258,12 @@ fn config(legacy: &Steered, v2: &Steered, before: &str, ramp: &str, more: &str) 
     )
 }
 
+/// cutover with route `main` ramping `v2` over `steps`, `every`, behind `gate`.
+fn start_ramping(legacy: &Steered, v2: &Steered, steps: &str, every: &str, gate: &str) -> Cutover {
+    let yaml = config(legacy, v2, "", &ramp(steps, every, gate), "");
+    Cutover::start_with_env(&yaml, ADMIN_ENV)
+}
+
 /// Route `main` in `/api/status`.
 async fn main_route(cutover: &Cutover) -> Value {
     let status = status_json(cutover).await;
@@ -400,14 +406,7 @@ fn push_changed<T: PartialEq>(seen: &mut Vec<T>, value: T) {
 async fn a_healthy_candidate_climbs_1_5_25_100_in_order_and_completes() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
-    let yaml = config(
-        &legacy,
-        &v2,
-        "",
-        &ramp("[1, 5, 25, 100]", "2s", "{ min_requests: 5 }"),
-        "",
-    );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
+    let cutover = start_ramping(&legacy, &v2, "[1, 5, 25, 100]", "2s", "{ min_requests: 5 }");
     let traffic = Traffic::start(cutover.proxy, RATE);
     let (mut percents, mut metrics) = (Vec::new(), Vec::new());
     // When each percent, then the completion, was first seen.
@@ -496,18 +495,13 @@ async fn a_healthy_candidate_climbs_1_5_25_100_in_order_and_completes() {
 async fn a_candidate_failing_at_25_percent_is_killed_at_that_step_and_never_goes_higher() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
-    let yaml = config(
+    let cutover = start_ramping(
         &legacy,
         &v2,
-        "",
-        &ramp(
-            "[10, 25, 50, 100]",
-            "2s",
-            "{ min_requests: 20, max_error_rate: 1 }",
-        ),
-        "",
+        "[10, 25, 50, 100]",
+        "2s",
+        "{ min_requests: 20, max_error_rate: 1 }",
     );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
     wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
         percent(r) == 25.0
@@ -568,14 +562,7 @@ async fn a_candidate_failing_at_25_percent_is_killed_at_that_step_and_never_goes
 async fn too_little_traffic_holds_the_step_until_there_is_enough() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
-    let yaml = config(
-        &legacy,
-        &v2,
-        "",
-        &ramp("[50, 100]", "2s", "{ min_requests: 50 }"),
-        "",
-    );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
+    let cutover = start_ramping(&legacy, &v2, "[50, 100]", "2s", "{ min_requests: 50 }");
     // The ramp counts whole 1 s periods after its step began: send after the first one.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let few = requests(cutover.proxy, 10).await;
@@ -625,14 +612,13 @@ async fn too_little_traffic_holds_the_step_until_there_is_enough() {
 async fn a_restart_keeps_the_step_and_the_ramp_continues_from_it() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
-    let yaml = config(
+    let cutover = start_ramping(
         &legacy,
         &v2,
-        "",
-        &ramp("[10, 25, 50, 100]", "2s", "{ min_requests: 40 }"),
-        "",
+        "[10, 25, 50, 100]",
+        "2s",
+        "{ min_requests: 40 }",
     );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
     wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
         percent(r) == 25.0
@@ -849,18 +835,13 @@ async fn a_latency_regression_fails_max_latency_ratio() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
     v2.knobs.delay_ms.store(120, Ordering::SeqCst);
-    let yaml = config(
+    let cutover = start_ramping(
         &legacy,
         &v2,
-        "",
-        &ramp(
-            "[10, 25, 50, 100]",
-            "2s",
-            "{ min_requests: 10, max_latency_ratio: 1.5 }",
-        ),
-        "",
+        "[10, 25, 50, 100]",
+        "2s",
+        "{ min_requests: 10, max_latency_ratio: 1.5 }",
     );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
     let route = wait_main(&cutover, "the gate fails", Duration::from_secs(15), |r| {
         state(r) != "running"
@@ -1057,14 +1038,13 @@ async fn wait_for_generation(cutover: &Cutover, generation: u64) {
 async fn a_kill_pauses_the_ramp_and_resuming_the_route_continues_it() {
     let legacy = Steered::start("legacy").await;
     let v2 = Steered::start("v2").await;
-    let yaml = config(
+    let cutover = start_ramping(
         &legacy,
         &v2,
-        "",
-        &ramp("[10, 25, 50, 100]", "3s", "{ min_requests: 10 }"),
-        "",
+        "[10, 25, 50, 100]",
+        "3s",
+        "{ min_requests: 10 }",
     );
-    let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
     // Kill once the step has its evidence, so only the kill keeps it from moving on.
     wait_main(&cutover, "enough requests", Duration::from_secs(15), |r| {
