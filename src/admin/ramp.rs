@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::control::overrides::Kill;
-use crate::control::ramp::{Plan, Readings};
+use crate::control::ramp::{Plan, Readings, LATENCY_FLOOR};
 use crate::control::ramp_state::{RampEvent, RampProgress, RampState};
 use crate::control::RampLive;
 
@@ -201,11 +201,17 @@ fn gate_readings(plan: &Plan, readings: &Readings) -> Vec<GateReading> {
         ));
     }
     if let Some(max) = gate.max_latency_ratio {
-        let ratio = match (readings.to_p99, readings.stable_p99) {
-            (Some(to), Some(stable)) => Some(to.as_secs_f64() / stable.as_secs_f64().max(1e-6)),
-            _ => None,
+        let (ratio, within_floor) = match (readings.to_p99, readings.stable_p99) {
+            (Some(to), Some(stable)) => (
+                Some(to.as_secs_f64() / stable.as_secs_f64().max(1e-6)),
+                to.saturating_sub(stable) < LATENCY_FLOOR,
+            ),
+            _ => (None, true),
         };
-        out.push(at_most("latency_ratio", ratio, max));
+        let mut reading = at_most("latency_ratio", ratio, max);
+        // Within a few milliseconds of stable, a ratio is noise and never fails the gate.
+        reading.ok |= within_floor;
+        out.push(reading);
     }
     if let Some(max) = gate.max_mismatch_rate {
         out.push(at_most(

@@ -51,6 +51,10 @@ pub enum Decision {
     Done,
 }
 
+/// A latency ratio counts only when `to` is also this much slower than stable: between a 1 ms
+/// and a 3 ms p99, a busy host and timer noise decide the ratio, not the service.
+pub const LATENCY_FLOOR: Duration = Duration::from_millis(5);
+
 /// The gate over one step's readings. `step` is `to`'s share at it, for the reason.
 pub fn judge(plan: &Plan, step: u32, readings: &Readings) -> Verdict {
     let gate = &plan.gate;
@@ -79,7 +83,7 @@ pub fn judge(plan: &Plan, step: u32, readings: &Readings) -> Verdict {
         (gate.max_latency_ratio, readings.to_p99, readings.stable_p99)
     {
         let ratio = to_p99.as_secs_f64() / stable_p99.as_secs_f64().max(1e-6);
-        if ratio > max {
+        if ratio > max && to_p99.saturating_sub(stable_p99) >= LATENCY_FLOOR {
             return Verdict::Fail(format!(
                 "ramp: {to} p99 {}ms = {ratio:.1}× stable's > {max}× {at}",
                 to_p99.as_millis()
@@ -242,6 +246,22 @@ mod tests {
                     .into()
             )
         );
+    }
+
+    #[test]
+    fn a_latency_ratio_on_a_few_milliseconds_is_noise_not_a_regression() {
+        let fast = Readings {
+            to_p99: Some(Duration::from_millis(3)),
+            stable_p99: Some(Duration::from_micros(1_500)),
+            ..healthy(200)
+        };
+        assert_eq!(judge(&plan(), 2_500, &fast), Verdict::Pass);
+        let slower = Readings {
+            to_p99: Some(Duration::from_millis(8)),
+            stable_p99: Some(Duration::from_millis(2)),
+            ..healthy(200)
+        };
+        assert!(matches!(judge(&plan(), 2_500, &slower), Verdict::Fail(_)));
     }
 
     #[test]
