@@ -121,25 +121,31 @@ impl Entry {
 #[derive(Clone)]
 pub struct AccessLog {
     entries: mpsc::Sender<Entry>,
+    dropped: metrics::Counter,
 }
 
 impl AccessLog {
-    /// Opens the target and starts the writer thread, which runs until every `AccessLog` is
-    /// dropped. `reopen` is set (by the SIGUSR1 handler) to open the file again.
-    pub fn start(settings: AccessLogSettings, reopen: Arc<AtomicBool>) -> io::Result<AccessLog> {
+    /// Opens the target and starts the writer thread, which writes every line handed over
+    /// and ends once every `AccessLog` is dropped (join it to know the last line is out).
+    /// `reopen` is set (by the SIGUSR1 handler) to open the file again.
+    pub fn start(
+        settings: AccessLogSettings,
+        reopen: Arc<AtomicBool>,
+    ) -> io::Result<(AccessLog, std::thread::JoinHandle<()>)> {
         let target = settings.target;
         let out = open(&target)?;
         let (entries, received) = mpsc::channel(settings.buffer);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".to_owned())
             .spawn(move || write_lines(received, out, &target, &reopen, settings.buffer))?;
-        Ok(AccessLog { entries })
+        let dropped = telemetry::access_log_dropped_counter();
+        Ok((AccessLog { entries, dropped }, writer))
     }
 
     /// Hands `entry` to the writer, or drops and counts it when the writer is behind.
     pub fn send(&self, entry: Entry) {
         if self.entries.try_send(entry).is_err() {
-            telemetry::access_log_dropped();
+            self.dropped.increment(1);
         }
     }
 }
@@ -173,6 +179,8 @@ fn write_lines(
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut clock = Clock::new();
     let mut last_error: Option<Instant> = None;
+    // A write that failed part way may have left half a line: the next one starts afresh.
+    let mut torn = false;
     while received.blocking_recv_many(&mut batch, BATCH) > 0 {
         let full = batch.len() >= busy;
         if reopen.swap(false, Ordering::AcqRel) {
@@ -188,10 +196,15 @@ fn write_lines(
                 }
             }
         }
+        if torn {
+            buffer.push(b'\n');
+        }
         for entry in batch.drain(..) {
             line(&mut buffer, &entry, &mut clock);
         }
+        torn = false;
         if let Err(err) = out.write_all(&buffer).and_then(|()| out.flush()) {
+            torn = true;
             if last_error.is_none_or(|at| at.elapsed() >= ERROR_EVERY) {
                 last_error = Some(Instant::now());
                 tracing::error!("access log: writing to {target} failed: {err}");
@@ -226,17 +239,18 @@ impl Clock {
     }
 
     fn format(&mut self, at: Instant) -> &str {
-        let (wall, then) = self.anchor;
-        let time = match at.checked_duration_since(then) {
-            Some(after) => wall + after,
-            None => wall - then.duration_since(at),
-        };
-        let since_epoch = time
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
+        let mut since_epoch = self.since_epoch(at);
         if since_epoch.as_secs() != self.second {
+            // Once a second the anchor is read again, so a clock set after start (a first NTP
+            // sync, a resume from suspend) shows in the lines within a second.
+            let anchor = (SystemTime::now(), Instant::now());
+            if anchor.1 >= at {
+                self.anchor = anchor;
+                since_epoch = self.since_epoch(at);
+            }
             self.second = since_epoch.as_secs();
-            self.prefix = humantime::format_rfc3339_seconds(time).to_string();
+            let second = SystemTime::UNIX_EPOCH + Duration::from_secs(self.second);
+            self.prefix = humantime::format_rfc3339_seconds(second).to_string();
             self.prefix.pop(); // the `Z`, put back after the milliseconds
         }
         self.ts.clear();
@@ -246,6 +260,17 @@ impl Clock {
             format_args!(".{:03}Z", since_epoch.subsec_millis()),
         );
         &self.ts
+    }
+
+    /// `at` as wall-clock time since the epoch, by the anchor.
+    fn since_epoch(&self, at: Instant) -> Duration {
+        let (wall, then) = self.anchor;
+        let time = match at.checked_duration_since(then) {
+            Some(after) => wall + after,
+            None => wall - then.duration_since(at),
+        };
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
     }
 }
 

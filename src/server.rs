@@ -77,6 +77,8 @@ pub struct Server {
     proxy_task: JoinHandle<GracefulShutdown>,
     /// Applies guard trips; ends once the proxy (which sends them) is gone.
     trips_task: JoinHandle<()>,
+    /// Writes access log lines; ends once the proxy and its exchanges are gone.
+    access_writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
@@ -136,9 +138,9 @@ impl Server {
             ready: AtomicBool::new(false),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let access_log = match &config.access_log {
-            Some(settings) => Some(start_access_log(settings.clone())?),
-            None => None,
+        let (access_log, access_writer) = match start_access_log(config.access_log.clone())? {
+            Some((log, writer)) => (Some(log), Some(writer)),
+            None => (None, None),
         };
         let proxy = Arc::new(Proxy::new(live.clone(), trips, access_log));
         let proxy_task = tokio::spawn(listener::serve(
@@ -203,6 +205,7 @@ impl Server {
             shutdown,
             proxy_task,
             trips_task,
+            access_writer,
         })
     }
 
@@ -230,6 +233,15 @@ impl Server {
             .is_err()
         {
             tracing::warn!("shutdown_timeout passed before every guard trip was applied");
+        }
+        // The last requests' lines, written before the process ends; a second past the
+        // deadline at most (a destination that takes nothing would hold it for ever).
+        if let Some(writer) = self.access_writer {
+            let written = tokio::task::spawn_blocking(move || writer.join());
+            let until = deadline.max(tokio::time::Instant::now()) + Duration::from_secs(1);
+            if tokio::time::timeout_at(until, written).await.is_err() {
+                tracing::warn!("access log lines still unwritten at exit");
+            }
         }
     }
 }
@@ -280,8 +292,12 @@ async fn supervise_ramps(control: Arc<Control>) {
     }
 }
 
-/// Starts the access log's writer, and reopens its file on every SIGUSR1 (after logrotate).
-fn start_access_log(settings: AccessLogSettings) -> anyhow::Result<AccessLog> {
+/// Starts the access log's writer, when the config has one, and reopens its file on every
+/// SIGUSR1 (logrotate's `postrotate`). The signal is handled even without an access log: a
+/// `postrotate` left in place after the log is turned off must not kill cutover.
+fn start_access_log(
+    settings: Option<AccessLogSettings>,
+) -> anyhow::Result<Option<(AccessLog, std::thread::JoinHandle<()>)>> {
     let reopen = Arc::new(AtomicBool::new(false));
     let mut signals = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())
         .context("installing the SIGUSR1 handler")?;
@@ -291,8 +307,13 @@ fn start_access_log(settings: AccessLogSettings) -> anyhow::Result<AccessLog> {
             flag.store(true, Ordering::Release);
         }
     });
+    let Some(settings) = settings else {
+        return Ok(None);
+    };
     tracing::info!(path = %settings.target, buffer = settings.buffer, "access log on");
-    AccessLog::start(settings, reopen).context("opening the access log")
+    AccessLog::start(settings, reopen)
+        .map(Some)
+        .context("opening the access log")
 }
 
 /// Each route's backends with the share in force (a ramp's, or all to stable when killed).

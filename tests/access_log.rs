@@ -140,15 +140,18 @@ async fn a_destination_that_stops_reading_drops_lines_instead_of_stalling_reques
     let mut slowest = Duration::ZERO;
     for i in 0..2_000 {
         let sent = Instant::now();
-        let (status, _, _) = send(
+        let path = format!("/item/{i}");
+        let request = send(
             &client,
             cutover.proxy,
             "GET",
-            &format!("/item/{i}"),
+            &path,
             &[("x-user-id", "someone")],
             Bytes::new(),
-        )
-        .await;
+        );
+        let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), request)
+            .await
+            .expect("a request waited for the log");
         assert_eq!(status, StatusCode::OK);
         slowest = slowest.max(sent.elapsed());
     }
@@ -200,4 +203,31 @@ async fn sigusr1_after_a_move_writes_to_a_new_file() {
     assert_eq!(new[0]["request_id"], "after-the-signal");
     assert_eq!(lines(&moved, 2).len(), 2);
     cutover.wait_for_log("access log reopened", Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_the_answer_is_logged_as_499() {
+    let legacy = Backend::start("legacy").await;
+    let cutover = Cutover::start(&config(&legacy, &legacy.url(), "{ path: access.log }"));
+    // The backend takes 3 s; the client gives up after 300 ms.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        send(
+            &client(),
+            cutover.proxy,
+            "GET",
+            "/sleep/3000",
+            &[("x-request-id", "impatient")],
+            Bytes::new(),
+        ),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the backend answered too soon");
+    let path = cutover.dir.path().join("access.log");
+    let line = lines(&path, 1).remove(0);
+    assert_eq!(line["request_id"], "impatient");
+    assert_eq!(line["status"], 499);
+    assert_eq!(line["error"], "client-closed");
+    assert_eq!(line["upstream_ms"], Value::Null, "{line}");
+    assert!(line["duration_ms"].as_f64().unwrap() < 3_000.0, "{line}");
 }

@@ -103,8 +103,9 @@ impl Relayed {
             .map_or(Duration::ZERO, |r| r.exchange.target().backend.read_timeout)
     }
 
-    /// Records how the exchange ended: `failure`, or its status.
-    fn finish(&mut self, failure: Option<&ProxyError>) {
+    /// Records how the exchange ended: `failure`, or its status. `cut` names, for the access
+    /// log, an end that is not the backend's failure (`killed`, `client-closed`).
+    fn finish(&mut self, failure: Option<&ProxyError>, cut: Option<&'static str>) {
         if let Some(mut record) = self.record.take() {
             let outcome = match failure {
                 Some(err) => Outcome::Failed(err),
@@ -112,7 +113,7 @@ impl Relayed {
             };
             let exchange = &record.exchange;
             observe(record.trips.as_ref(), exchange, exchange.target, outcome);
-            let error = failure.map(ProxyError::kind);
+            let error = failure.map(ProxyError::kind).or(cut);
             log(
                 &mut record.exchange,
                 record.status,
@@ -127,7 +128,7 @@ impl Relayed {
         if let Some(cut) = &mut self.cut {
             if cut.as_mut().poll(cx).is_ready() {
                 // Cutover's decision, not the backend's failure.
-                self.finish(None);
+                self.finish(None, Some("killed"));
                 return Poll::Ready(Some(Err(KilledStream.into())));
             }
         }
@@ -157,13 +158,13 @@ impl Relayed {
                 if let Some(capture) = self.capture.take() {
                     capture.finish();
                 }
-                self.finish(None);
+                self.finish(None, None);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(err))) => {
                 // Stable's answer is incomplete: the copy compares nothing.
                 self.capture = None;
-                self.finish(Some(&ProxyError::from_body(&err)));
+                self.finish(Some(&ProxyError::from_body(&err)), None);
                 Poll::Ready(Some(Err(err.into())))
             }
             Poll::Pending => {
@@ -180,7 +181,7 @@ impl Relayed {
                     return Poll::Pending;
                 };
                 if stall.as_mut().poll(cx).is_ready() {
-                    self.finish(Some(&ProxyError::BodyTimeout));
+                    self.finish(Some(&ProxyError::BodyTimeout), None);
                     return Poll::Ready(Some(Err(StalledBody.into())));
                 }
                 Poll::Pending
@@ -219,7 +220,10 @@ impl Drop for Relayed {
                 capture.finish();
             }
         }
-        self.finish(None);
+        // Not ended yet: the client stopped reading (a body over before it was read, as for
+        // a HEAD or a 204, is complete).
+        let cut = (!self.inner.is_end_stream()).then_some("client-closed");
+        self.finish(None, cut);
     }
 }
 

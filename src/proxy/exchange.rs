@@ -40,9 +40,28 @@ impl Exchange {
         &self.route().targets[self.target]
     }
 
+    /// Notes, for the access log, how long the backend took to answer since `sent` (taken
+    /// only when there is an access log).
+    pub fn note_upstream(&mut self, sent: Option<Instant>) {
+        if let (Some((entry, _)), Some(sent)) = (&mut self.access, sent) {
+            entry.upstream = Some(sent.elapsed());
+        }
+    }
+
     /// Whether a failure here can trip a guard: a guarded route, a non-stable backend.
     pub fn guarded(&self) -> bool {
         self.target != 0 && self.route().guard.is_some()
+    }
+}
+
+/// An exchange dropped with its access log line still unsent: the client went away (or the
+/// connection was closed at shutdown) before any answer; logged as nginx does, with 499.
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if self.access.is_some() {
+            let client_closed = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+            log(self, client_closed, Some("client-closed"), 0, true);
+        }
     }
 }
 

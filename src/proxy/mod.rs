@@ -158,13 +158,9 @@ impl Proxy {
                 }
                 None => (UpstreamBody::Streamed(body), None),
             };
-            let sent = exchange.access.is_some().then(Instant::now);
             let forwarded = self
                 .forward(&mut exchange, head, body, upgrade.is_some())
                 .await;
-            if let (Some((entry, _)), Some(sent)) = (&mut exchange.access, sent) {
-                entry.upstream = Some(sent.elapsed());
-            }
             let response = match forwarded {
                 Ok(response) => match valid_response(&response, client_upgrade.is_some()) {
                     Ok(()) => response,
@@ -206,7 +202,10 @@ impl Proxy {
             if !replayable {
                 let upstream = &exchange.target().backend;
                 let request = outbound(upstream, head, strip, body)?;
-                return upstream.send(request).await.map_err(Unanswered::Failed);
+                let sent = exchange.access.is_some().then(Instant::now);
+                let answered = upstream.send(request).await;
+                exchange.note_upstream(sent);
+                return answered.map_err(Unanswered::Failed);
             }
             let body = Limited::new(body, MAX_REPLAY_BODY as usize)
                 .collect()
@@ -220,7 +219,11 @@ impl Proxy {
                 strip,
                 UpstreamBody::Buffered(Full::new(body.clone())),
             )?;
-            let err = match upstream.send(first).await {
+            let sent = exchange.access.is_some().then(Instant::now);
+            let first_answer = upstream.send(first).await;
+            exchange.note_upstream(sent);
+            let upstream = &exchange.target().backend;
+            let err = match first_answer {
                 Ok(response) => return Ok(response),
                 Err(err) if err.allows_fallback() => err,
                 Err(err) => return Err(Unanswered::Failed(err)),
@@ -233,7 +236,10 @@ impl Proxy {
             exchange.fell_back = true;
             let stable = &exchange.target().backend;
             let replay = outbound(stable, head, strip, UpstreamBody::Buffered(Full::new(body)))?;
-            stable.send(replay).await.map_err(Unanswered::Failed)
+            let sent = exchange.access.is_some().then(Instant::now);
+            let answered = stable.send(replay).await;
+            exchange.note_upstream(sent);
+            answered.map_err(Unanswered::Failed)
         }
     }
 
@@ -311,22 +317,15 @@ fn pick<B>(
 
 /// The access log line as far as the request head tells it; the rest comes as the exchange
 /// runs and ends.
-fn start_entry<B>(
+fn start_entry<B: http_body::Body>(
     req: &Request<B>,
     addressed: Option<&Addressed>,
     client_ip: std::net::IpAddr,
     started: Instant,
 ) -> Box<Entry> {
-    let bytes_in = match req.headers().get(CONTENT_LENGTH) {
-        Some(length) => length.to_str().ok().and_then(|l| l.parse().ok()),
-        // No length and no chunked body: none at all.
-        None if !req.headers().contains_key(http::header::TRANSFER_ENCODING)
-            && req.version() < Version::HTTP_2 =>
-        {
-            Some(0)
-        }
-        None => None,
-    };
+    // Known when the head declares a length or there is no body at all (hyper's reading of
+    // the head); `None` for a body of unknown length.
+    let bytes_in = http_body::Body::size_hint(req.body()).exact();
     let mut entry = Entry::new(
         started,
         client_ip,
