@@ -24,10 +24,11 @@ use arc_swap::ArcSwap;
 use crate::config::{self, ConfigError};
 use crate::config::{describe_changes, start_time_changes};
 use crate::control::guard::{Trip, TripReceiver};
+pub use crate::control::overrides::{flag_ramp_of, ramp_of};
 use crate::control::overrides::{Kill, KillSource, Overrides};
 use crate::control::persist::{PersistFailure, PersistState, FIRST_RETRY_DELAY, MAX_RETRY_DELAY};
 use crate::control::ramp_driver::reconcile_ramps;
-pub use crate::control::ramp_driver::{flag_ramp_of, ramp_of, RampAction, RampLive, RampOutcome};
+pub use crate::control::ramp_driver::{RampAction, RampLive, RampOutcome};
 use crate::snapshot::{Carried, Generation, LiveSnapshot, Snapshot};
 use crate::telemetry;
 

@@ -9,7 +9,9 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{RampSpec, RouteSpec};
 use crate::control::ramp_state::RampProgress;
+use crate::flags::{Flag, FlagRamp};
 
 /// Who pulled a kill switch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +118,27 @@ impl Overrides {
         // The rename itself is durable only once the directory is synced.
         std::fs::File::open(dir)?.sync_all()
     }
+}
+
+/// A route's ramp and where it stands, when it has one.
+pub fn ramp_of<'a>(
+    spec: &'a RouteSpec,
+    overrides: &'a Overrides,
+) -> Option<(&'a RampSpec, &'a RampProgress)> {
+    let ramp = spec.ramp.as_ref()?;
+    let progress = overrides.ramps.get(&spec.name)?;
+    progress.follows(&ramp.plan).then_some((ramp, progress))
+}
+
+/// A flag's ramp and where it stands, when it has one.
+pub fn flag_ramp_of<'a>(
+    key: &str,
+    flag: &'a Flag,
+    overrides: &'a Overrides,
+) -> Option<(&'a FlagRamp, &'a RampProgress)> {
+    let ramp = flag.ramp.as_ref()?;
+    let progress = overrides.flag_ramps.get(key)?;
+    progress.follows(&ramp.plan).then_some((ramp, progress))
 }
 
 #[cfg(test)]

@@ -9,13 +9,12 @@ use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::bucket::format_percent;
-use crate::config::{Config, RampSpec, RouteSpec};
-use crate::control::overrides::{Kill, KillSource, Overrides};
+use crate::config::Config;
+use crate::control::overrides::{flag_ramp_of, ramp_of, Kill, KillSource, Overrides};
 use crate::control::ramp::{decide, Decision, Plan, Readings};
 use crate::control::ramp_state::{RampProgress, RampState, Refused};
 use crate::control::window::{Settled, WindowStats};
 use crate::control::{write_state, Control, ControlError, ControlState, Switch};
-use crate::flags::{Flag, FlagRamp};
 use crate::shadow::live::ShadowResult;
 use crate::snapshot::{LiveRoute, Snapshot};
 
@@ -85,10 +84,8 @@ pub struct RampOutcome {
 enum Step {
     /// Only the time spent changes.
     Checkpoint(Duration),
+    /// The step held: the next one, or complete after the last.
     Advance {
-        evidence: String,
-    },
-    Complete {
         evidence: String,
     },
     Fail {
@@ -192,10 +189,8 @@ impl Tracker {
                     Step::Checkpoint(spent)
                 })
             }
-            Decision::Advance => Some(Step::Advance {
-                evidence: evidence(progress, spent, &readings, ramp.route.is_some()),
-            }),
-            Decision::Done => Some(Step::Complete {
+            // The place knows whether a step follows; past the last, the ramp completes.
+            Decision::Advance | Decision::Done => Some(Step::Advance {
                 evidence: evidence(progress, spent, &readings, ramp.route.is_some()),
             }),
             Decision::Abort(reason) => Some(Step::Fail { reason }),
@@ -401,18 +396,13 @@ impl Control {
                 }
                 Step::Advance { evidence } => {
                     progress.advance(&evidence);
+                    let moved = match progress.state {
+                        RampState::Complete => format!("complete at {}%", progress.percent()),
+                        _ => format!("{before}% → {}%", progress.percent()),
+                    };
                     tracing::info!(
-                        "ramp of {noun} {name}: {} {before}% → {}% after {evidence}",
-                        plan.to,
-                        progress.percent()
-                    );
-                }
-                Step::Complete { evidence } => {
-                    progress.complete(&evidence);
-                    tracing::info!(
-                        "ramp of {noun} {name}: {} complete at {}% after {evidence}",
-                        plan.to,
-                        progress.percent()
+                        "ramp of {noun} {name}: {} {moved} after {evidence}",
+                        plan.to
                     );
                 }
                 Step::Fail { reason } => {
@@ -612,27 +602,6 @@ impl Control {
             still_killed: None,
         })
     }
-}
-
-/// A route's ramp and where it stands, when it has one.
-pub fn ramp_of<'a>(
-    spec: &'a RouteSpec,
-    overrides: &'a Overrides,
-) -> Option<(&'a RampSpec, &'a RampProgress)> {
-    let ramp = spec.ramp.as_ref()?;
-    let progress = overrides.ramps.get(&spec.name)?;
-    progress.follows(&ramp.plan).then_some((ramp, progress))
-}
-
-/// A flag's ramp and where it stands, when it has one.
-pub fn flag_ramp_of<'a>(
-    key: &str,
-    flag: &'a Flag,
-    overrides: &'a Overrides,
-) -> Option<(&'a FlagRamp, &'a RampProgress)> {
-    let ramp = flag.ramp.as_ref()?;
-    let progress = overrides.flag_ramps.get(key)?;
-    progress.follows(&ramp.plan).then_some((ramp, progress))
 }
 
 /// The ramps' places after a config load: kept, started, restarted by an edit of `to` or

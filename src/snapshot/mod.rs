@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use crate::bucket::BUCKETS;
 use crate::config::{Config, RouteSpec};
 use crate::control::guard::Guard;
-use crate::control::overrides::{Kill, Overrides};
+use crate::control::overrides::{flag_ramp_of, ramp_of, Kill, Overrides};
 use crate::control::window::WindowStats;
 use crate::flags::Flag;
 use crate::proxy::routing::RequestHead;
@@ -232,24 +232,13 @@ impl Snapshot {
             telemetry::route_killed(&route.name, route.kill.is_some());
         }
         for spec in &self.config.routes {
-            if let (Some(ramp), Some(progress)) = (&spec.ramp, self.overrides.ramps.get(&spec.name))
-            {
-                if progress.follows(&ramp.plan) {
-                    telemetry::ramp_step_percent(
-                        &spec.name,
-                        progress.share_in_force(spec.split[1].1),
-                    );
-                }
+            if let Some((_, progress)) = ramp_of(spec, &self.overrides) {
+                telemetry::ramp_step_percent(&spec.name, progress.share_in_force(spec.split[1].1));
             }
         }
         for (key, flag) in &self.config.flags {
-            if let (Some(ramp), Some(progress)) = (&flag.ramp, self.overrides.flag_ramps.get(key)) {
-                if progress.follows(&ramp.plan) {
-                    telemetry::flag_ramp_step_percent(
-                        key,
-                        progress.share_in_force(ramp.configured),
-                    );
-                }
+            if let Some((ramp, progress)) = flag_ramp_of(key, flag, &self.overrides) {
+                telemetry::flag_ramp_step_percent(key, progress.share_in_force(ramp.configured));
             }
         }
     }
@@ -258,13 +247,13 @@ impl Snapshot {
 /// Each target's share in basis points, stable first: the YAML's split, or the share the
 /// route's ramp gives `to` with stable taking the rest.
 fn shares_in_force(spec: &RouteSpec, overrides: &Overrides) -> Vec<u32> {
-    let yaml = spec.split.iter().map(|&(_, share)| share);
-    match (&spec.ramp, overrides.ramps.get(&spec.name)) {
-        (Some(ramp), Some(progress)) if progress.follows(&ramp.plan) && spec.split.len() == 2 => {
+    match ramp_of(spec, overrides) {
+        // A ramped route splits between stable and `to` only (the validator sees to that).
+        Some((_, progress)) => {
             let to = progress.share_in_force(spec.split[1].1);
             vec![BUCKETS - to, to]
         }
-        _ => yaml.collect(),
+        None => spec.split.iter().map(|&(_, share)| share).collect(),
     }
 }
 
@@ -274,9 +263,8 @@ fn ramped_flags(config: &Config, overrides: &Overrides) -> Arc<[Option<Flag>]> {
         .flags
         .iter()
         .map(|(key, flag)| {
-            let ramp = flag.ramp.as_ref()?;
-            let progress = overrides.flag_ramps.get(key)?;
-            progress.follows(&ramp.plan).then(|| Flag {
+            let (ramp, progress) = flag_ramp_of(key, flag, overrides)?;
+            Some(Flag {
                 rollout: Some(ramp.rollout(progress.share_in_force(ramp.configured))),
                 ..flag.clone()
             })
