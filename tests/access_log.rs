@@ -231,3 +231,32 @@ async fn a_client_that_leaves_before_the_answer_is_logged_as_499() {
     assert_eq!(line["upstream_ms"], Value::Null, "{line}");
     assert!(line["duration_ms"].as_f64().unwrap() < 3_000.0, "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_lines_are_written_before_cutover_exits_on_sigterm() {
+    let legacy = Backend::start("legacy").await;
+    let mut cutover = Cutover::start(&config(&legacy, &legacy.url(), "{ path: access.log }"));
+    for i in 0..50 {
+        let id = format!("last-{i}");
+        let (status, _, _) = send(
+            &client(),
+            cutover.proxy,
+            "GET",
+            "/",
+            &[("x-request-id", &id)],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // At once: the writer may still hold the last lines, or be between two batches.
+    cutover.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while cutover.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "cutover did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = std::fs::read_to_string(cutover.dir.path().join("access.log")).unwrap();
+    assert_eq!(text.lines().count(), 50, "{text}");
+    assert!(text.contains("\"request_id\":\"last-49\""), "{text}");
+}

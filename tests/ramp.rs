@@ -264,6 +264,14 @@ fn start_ramping(legacy: &Steered, v2: &Steered, steps: &str, every: &str, gate:
     Cutover::start_with_env(&yaml, ADMIN_ENV)
 }
 
+/// Waits until route `main`'s ramp gives `v2` `percent`; route `main` then.
+async fn wait_for_percent(cutover: &Cutover, percent_wanted: f64, timeout: Duration) -> Value {
+    wait_main(cutover, &format!("step {percent_wanted}%"), timeout, |r| {
+        percent(r) == percent_wanted
+    })
+    .await
+}
+
 /// Route `main` in `/api/status`.
 async fn main_route(cutover: &Cutover) -> Value {
     let status = status_json(cutover).await;
@@ -503,10 +511,7 @@ async fn a_candidate_failing_at_25_percent_is_killed_at_that_step_and_never_goes
         "{ min_requests: 20, max_error_rate: 1 }",
     );
     let traffic = Traffic::start(cutover.proxy, RATE);
-    wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
-        percent(r) == 25.0
-    })
-    .await;
+    wait_for_percent(&cutover, 25.0, Duration::from_secs(20)).await;
     v2.knobs.fail.store(true, Ordering::SeqCst);
     let failing_since = Instant::now();
     let route = wait_main(&cutover, "the gate fails", Duration::from_secs(10), |r| {
@@ -514,6 +519,7 @@ async fn a_candidate_failing_at_25_percent_is_killed_at_that_step_and_never_goes
     })
     .await;
     let took = failing_since.elapsed();
+    eprintln!("killed {took:?} after v2 started failing");
     assert_killed_by_its_gate(&route, 2, &["errors > 1% at step 25%"]);
     assert!(took < Duration::from_secs(5), "killed after {took:?}");
     assert_stays_aborted(&cutover, 25.0, Duration::from_secs(3)).await;
@@ -601,10 +607,7 @@ async fn too_little_traffic_holds_the_step_until_there_is_enough() {
         sent += 10;
         assert!(sent < 1000, "v2 got {} of {sent}", v2.served());
     }
-    let route = wait_main(&cutover, "step 100%", Duration::from_secs(10), |r| {
-        percent(r) == 100.0
-    })
-    .await;
+    let route = wait_for_percent(&cutover, 100.0, Duration::from_secs(10)).await;
     assert_eq!(route["ramp"]["step"], 2);
 }
 
@@ -620,10 +623,7 @@ async fn a_restart_keeps_the_step_and_the_ramp_continues_from_it() {
         "{ min_requests: 40 }",
     );
     let traffic = Traffic::start(cutover.proxy, RATE);
-    wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
-        percent(r) == 25.0
-    })
-    .await;
+    wait_for_percent(&cutover, 25.0, Duration::from_secs(20)).await;
     // Without traffic the step waits for its requests, so the place cannot move meanwhile.
     traffic.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -898,10 +898,7 @@ async fn shadow_mismatches_fail_max_mismatch_rate() {
     );
     let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
-    let route = wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
-        percent(r) == 25.0
-    })
-    .await;
+    let route = wait_for_percent(&cutover, 25.0, Duration::from_secs(20)).await;
     assert!(
         route["shadow"]["counts"]["match"].as_u64().unwrap() > 0,
         "{route:#}"
@@ -929,10 +926,7 @@ async fn a_config_edit_elsewhere_keeps_the_place_and_new_steps_never_lower_the_s
     let yaml = config(&legacy, &v2, "", &ramp("[10, 25, 50, 100]", "2s", gate), "");
     let cutover = Cutover::start_with_env(&yaml, ADMIN_ENV);
     let traffic = Traffic::start(cutover.proxy, RATE);
-    wait_main(&cutover, "step 25%", Duration::from_secs(20), |r| {
-        percent(r) == 25.0
-    })
-    .await;
+    wait_for_percent(&cutover, 25.0, Duration::from_secs(20)).await;
     // Without traffic the step waits for its requests: only the edits could move it.
     traffic.stop().await;
     let before = main_route(&cutover).await;
